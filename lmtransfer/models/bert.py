@@ -1,0 +1,216 @@
+"""BERT encoder (Devlin et al. 2019) in functional Flax linen, numerically equal to HF's BertModel.
+
+    model = Bert(BertConfig.preset("tiny"), head="classification", num_labels=3)
+    params = model.init(rng, ids)["params"]
+    out = model.apply({"params": params}, ids, attention_mask, token_type_ids, deterministic=True)
+    out.logits  # [batch, 3]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax.numpy as jnp
+
+from lmtransfer.models import heads as heads_lib
+from lmtransfer.models import layers
+
+HEADS = (None, "mlm", "nsp", "pretraining", "classification", "token_classification", "qa")
+# HF builds these heads on a BertModel without a pooler (add_pooling_layer=False).
+_NO_POOLER = ("mlm", "token_classification", "qa")
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    """Architecture (HF `BertConfig` field names) plus lmtransfer's compute settings."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    pad_token_id: int = 0
+    classifier_dropout: float | None = None
+    # lmtransfer-only: not part of the HF architecture.
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"
+    attention: str = "auto"  # one of layers.ATTENTION_IMPLS
+
+    HF_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                 "intermediate_size", "hidden_act", "hidden_dropout_prob",
+                 "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",
+                 "layer_norm_eps", "initializer_range", "pad_token_id", "classifier_dropout")
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size={self.hidden_size} is not divisible by "
+                             f"num_attention_heads={self.num_attention_heads}")
+        if self.hidden_act not in layers.ACTIVATIONS:
+            raise ValueError(f"hidden_act={self.hidden_act!r} is not supported; use one of "
+                             f"{sorted(layers.ACTIVATIONS)}")
+        if self.attention not in layers.ATTENTION_IMPLS:
+            raise ValueError(f"attention={self.attention!r}; use one of {layers.ATTENTION_IMPLS}")
+        for f in ("dtype", "param_dtype"):
+            jnp.dtype(getattr(self, f))  # fails early on a typo such as "bf16"
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def replace(self, **kw) -> BertConfig:
+        return dataclasses.replace(self, **kw)
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> BertConfig:
+        if name not in PRESETS:
+            raise ValueError(f"unknown BERT preset {name!r}; available: {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    @classmethod
+    def from_hf(cls, hf: dict[str, Any], source: str = "config.json", **overrides) -> BertConfig:
+        """From an HF config.json dict; refuses other model types and unsupported variants."""
+        model_type = hf.get("model_type")
+        if model_type != "bert":
+            raise ValueError(f"{source}: model_type is {model_type!r}, but lmtransfer reads BERT "
+                             "checkpoints (model_type 'bert')")
+        pos = hf.get("position_embedding_type", "absolute")
+        if pos != "absolute":
+            raise ValueError(f"{source}: position_embedding_type={pos!r} is not supported "
+                             "(only 'absolute')")
+        if hf.get("is_decoder") or hf.get("add_cross_attention"):
+            raise ValueError(f"{source}: decoder / cross-attention BERT is not supported")
+        kw = {f: hf[f] for f in cls.HF_FIELDS if f in hf}
+        return cls(**{**kw, **overrides})
+
+    def to_hf(self) -> dict[str, Any]:
+        d = {f: getattr(self, f) for f in self.HF_FIELDS}
+        d.update(model_type="bert", position_embedding_type="absolute")
+        return d
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(vocab_size=1024, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 intermediate_size=128, max_position_embeddings=128),
+    "mini": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                 intermediate_size=1024),
+    "minilm-l6": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                      intermediate_size=1536),
+    "bert-base": dict(),
+    "bert-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                       intermediate_size=4096),
+}
+
+
+@flax.struct.dataclass
+class BertOutput:
+    """HF-style outputs; fields a head does not produce are None."""
+
+    last_hidden_state: Any = None
+    pooler_output: Any = None
+    logits: Any = None  # mlm: [B, T, vocab]; classification: [B, labels]; token: [B, T, labels]
+    seq_relationship_logits: Any = None  # nsp / pretraining: [B, 2]
+    start_logits: Any = None  # qa: [B, T]
+    end_logits: Any = None
+
+
+class BertEmbeddings(nn.Module):
+    config: BertConfig
+
+    def setup(self):
+        c = self.config
+        kw = dict(init_std=c.initializer_range, dtype=jnp.dtype(c.dtype),
+                  param_dtype=jnp.dtype(c.param_dtype))
+        self.word_embeddings = layers.embed(c.vocab_size, c.hidden_size, ("vocab", "embed"),
+                                            name="word_embeddings", **kw)
+        self.position_embeddings = layers.embed(
+            c.max_position_embeddings, c.hidden_size, ("positions", "embed"),
+            name="position_embeddings", **kw)
+        self.token_type_embeddings = layers.embed(
+            c.type_vocab_size, c.hidden_size, ("token_types", "embed"),
+            name="token_type_embeddings", **kw)
+        self.layer_norm = layers.layer_norm(c.layer_norm_eps, kw["dtype"], kw["param_dtype"])
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+
+    def __call__(self, input_ids, token_type_ids, position_ids, deterministic):
+        x = (self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
+             + self.token_type_embeddings(token_type_ids))
+        x = self.dropout(self.layer_norm(x), deterministic=deterministic)
+        return layers.constrain(x, layers.ACT_BTE)
+
+    def attend(self, x):
+        """Logits against the (tied) word embeddings: the MLM decoder."""
+        return self.word_embeddings.attend(x)
+
+
+class BertLayer(nn.Module):
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x, mask, deterministic):
+        c = self.config
+        dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+        drop = nn.Dropout(c.hidden_dropout_prob)
+        a = layers.SelfAttention(c.num_attention_heads, c.head_dim, c.initializer_range,
+                                 c.attention_probs_dropout_prob, c.attention, dtype, pdtype,
+                                 name="attention")(x, mask, deterministic)
+        x = layers.layer_norm(c.layer_norm_eps, dtype, pdtype, name="attention_layer_norm")(
+            x + drop(a, deterministic=deterministic))
+        h = layers.Mlp(c.intermediate_size, c.hidden_act, c.initializer_range, dtype, pdtype,
+                       name="mlp")(x)
+        x = layers.layer_norm(c.layer_norm_eps, dtype, pdtype, name="output_layer_norm")(
+            x + drop(h, deterministic=deterministic))
+        return layers.constrain(x, layers.ACT_BTE)
+
+
+class Bert(nn.Module):
+    """BERT encoder with an optional task head (see HEADS)."""
+
+    config: BertConfig
+    head: str | None = None
+    num_labels: int = 2
+
+    def __post_init__(self):
+        if self.head not in HEADS:
+            raise ValueError(f"head={self.head!r}; use one of {HEADS}")
+        super().__post_init__()
+
+    @property
+    def has_pooler(self) -> bool:
+        return self.head not in _NO_POOLER
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                 deterministic: bool = True) -> BertOutput:
+        c = self.config
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        if position_ids is None:
+            position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
+        embeddings = BertEmbeddings(c, name="embeddings")
+        x = embeddings(input_ids, token_type_ids, position_ids, deterministic)
+        # [B, T] padding mask -> [B, 1, 1, T] for attention over keys.
+        mask = attention_mask.astype(bool)[:, None, None, :]
+        for i in range(c.num_hidden_layers):
+            x = BertLayer(c, name=f"layer_{i}")(x, mask, deterministic)
+        out = BertOutput(last_hidden_state=x)
+        if self.has_pooler:
+            pooled = jnp.tanh(layers.dense(
+                c.hidden_size, ("embed", "embed_out"), init_std=c.initializer_range,
+                dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype),
+                name="pooler")(x[:, 0]))
+            out = out.replace(pooler_output=pooled)
+        if self.head is None:
+            return out
+        return heads_lib.apply_head(self.head, c, self.num_labels, out, embeddings, deterministic)

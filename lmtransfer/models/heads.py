@@ -1,0 +1,64 @@
+"""Task heads on top of the BERT encoder, laid out like HF's BertFor* heads.
+
+Called from inside `Bert.__call__` (a compact method), so the modules created here become
+children of the Bert module under the names used in the parameter tree (and in lmtransfer.hf).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from lmtransfer.models import layers
+
+
+class MlmHead(nn.Module):
+    """transform (dense + act + LayerNorm) -> decoder tied to the word embeddings + bias."""
+
+    config: "BertConfig"  # noqa: F821
+
+    @nn.compact
+    def __call__(self, x, embeddings):
+        c = self.config
+        dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+        h = layers.dense(c.hidden_size, ("embed", "embed_out"), init_std=c.initializer_range,
+                         dtype=dtype, param_dtype=pdtype, name="transform")(x)
+        h = layers.ACTIVATIONS[c.hidden_act](h)
+        h = layers.layer_norm(c.layer_norm_eps, dtype, pdtype, name="transform_layer_norm")(h)
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                                               ("vocab",)),
+                          (c.vocab_size,), pdtype)
+        logits = embeddings.attend(h.astype(dtype)) + bias.astype(dtype)
+        return nn.with_logical_constraint(
+            logits, ("activation_batch", "activation_length", "activation_vocab"))
+
+
+def _classifier(c, num_labels: int, name: str):
+    return layers.dense(num_labels, ("embed", "labels"), init_std=c.initializer_range,
+                        dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype),
+                        name=name)
+
+
+def _classifier_dropout(c):
+    rate = c.classifier_dropout if c.classifier_dropout is not None else c.hidden_dropout_prob
+    return nn.Dropout(rate)
+
+
+def apply_head(head: str, c, num_labels: int, out, embeddings, deterministic: bool):
+    """Returns `out` (a BertOutput) with the head's logits filled in. Logits are float32."""
+    f32 = lambda x: x.astype(jnp.float32)  # noqa: E731  (losses and metrics want float32)
+    x = out.last_hidden_state
+    if head in ("mlm", "pretraining"):
+        out = out.replace(logits=f32(MlmHead(c, name="mlm")(x, embeddings)))
+    if head in ("nsp", "pretraining"):
+        out = out.replace(seq_relationship_logits=f32(_classifier(c, 2, "nsp")(out.pooler_output)))
+    if head == "classification":
+        pooled = _classifier_dropout(c)(out.pooler_output, deterministic=deterministic)
+        out = out.replace(logits=f32(_classifier(c, num_labels, "classifier")(pooled)))
+    if head == "token_classification":
+        h = _classifier_dropout(c)(x, deterministic=deterministic)
+        out = out.replace(logits=f32(_classifier(c, num_labels, "classifier")(h)))
+    if head == "qa":
+        logits = f32(_classifier(c, 2, "qa_outputs")(x))
+        out = out.replace(start_logits=logits[..., 0], end_logits=logits[..., 1])
+    return out

@@ -1,0 +1,130 @@
+"""Transformer building blocks with logical axis names on every parameter and activation.
+
+Parameter axes: vocab, embed, embed_out, heads, kv, mlp, labels, positions, token_types.
+Activation axes carry an `activation_` prefix so params and activations can shard differently
+(e.g. params' `embed` over fsdp while activations' embed stays whole).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ACT_BTE = ("activation_batch", "activation_length", "activation_embed")
+ACT_BTNH = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
+ACT_BTM = ("activation_batch", "activation_length", "activation_mlp")
+
+ACTIVATIONS = {
+    "gelu": functools.partial(nn.gelu, approximate=False),  # HF "gelu" is the exact erf form
+    "gelu_new": functools.partial(nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": functools.partial(nn.gelu, approximate=True),
+    "gelu_fast": functools.partial(nn.gelu, approximate=True),
+    "relu": nn.relu,
+    "silu": nn.silu,
+    "swish": nn.silu,
+    "tanh": jnp.tanh,
+}
+
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "explicit")
+
+
+def constrain(x, names):
+    return nn.with_logical_constraint(x, names)
+
+
+def dense(features, names, *, init_std, dtype, param_dtype, axis=-1, name=None, use_bias=True):
+    """nn.DenseGeneral whose kernel is named `names` (input axes then output axes)."""
+    n_out = len(features) if isinstance(features, tuple) else 1
+    return nn.DenseGeneral(
+        features=features,
+        axis=axis,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.normal(init_std), names),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), names[-n_out:]),
+        name=name,
+    )
+
+
+def layer_norm(eps, dtype, param_dtype, name=None):
+    return nn.LayerNorm(
+        epsilon=eps, dtype=dtype, param_dtype=param_dtype, name=name,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
+    )
+
+
+def embed(num, features, names, *, init_std, dtype, param_dtype, name):
+    return nn.Embed(
+        num, features, dtype=dtype, param_dtype=param_dtype, name=name,
+        embedding_init=nn.with_logical_partitioning(nn.initializers.normal(init_std), names),
+    )
+
+
+def dot_product_attention(q, k, v, mask, *, impl: str, dropout_rate: float = 0.0,
+                          deterministic: bool = True, dropout=None):
+    """Scaled dot-product attention over [batch, length, heads, head_dim] inputs.
+
+    `mask` is boolean, broadcastable to [batch, heads, q_len, kv_len] (True = attend).
+    `impl='auto'` uses the fused `jax.nn.dot_product_attention` (XLA picks its kernel) unless
+    attention-probability dropout is active, which fused kernels don't offer; then the explicit
+    softmax path runs, so training keeps BERT's attention dropout.
+    """
+    needs_dropout = dropout_rate > 0.0 and not deterministic
+    if impl == "cudnn" and needs_dropout:
+        raise ValueError("model.attention='cudnn' has no attention dropout; set "
+                         "model.attention_probs_dropout_prob=0 or model.attention='auto'")
+    if impl in ("xla", "cudnn") or (impl == "auto" and not needs_dropout):
+        return jax.nn.dot_product_attention(
+            q, k, v, mask=mask, implementation=None if impl == "auto" else impl)
+    depth = q.shape[-1]
+    logits = jnp.einsum("bqnh,bknh->bnqk", q, k) / jnp.sqrt(depth).astype(q.dtype)
+    logits = jnp.where(mask, logits.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    if needs_dropout:
+        probs = dropout(probs)
+    return jnp.einsum("bnqk,bknh->bqnh", probs, v)
+
+
+class SelfAttention(nn.Module):
+    num_heads: int
+    head_dim: int
+    init_std: float
+    dropout_rate: float
+    impl: str = "auto"
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask, deterministic: bool):
+        proj = functools.partial(dense, (self.num_heads, self.head_dim), ("embed", "heads", "kv"),
+                                 init_std=self.init_std, dtype=self.dtype,
+                                 param_dtype=self.param_dtype)
+        q, k, v = (constrain(proj(name=n)(x), ACT_BTNH) for n in ("query", "key", "value"))
+        drop = nn.Dropout(self.dropout_rate, deterministic=False, name="attention_dropout")
+        out = dot_product_attention(q, k, v, mask, impl=self.impl, dropout_rate=self.dropout_rate,
+                                    deterministic=deterministic, dropout=drop)
+        out = constrain(out, ACT_BTNH)
+        out = dense(x.shape[-1], ("heads", "kv", "embed"), axis=(-2, -1), init_std=self.init_std,
+                    dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
+        return constrain(out, ACT_BTE)
+
+
+class Mlp(nn.Module):
+    intermediate_size: int
+    activation: str
+    init_std: float
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kw = dict(init_std=self.init_std, dtype=self.dtype, param_dtype=self.param_dtype)
+        h = dense(self.intermediate_size, ("embed", "mlp"), name="wi", **kw)(x)
+        h = constrain(ACTIVATIONS[self.activation](h), ACT_BTM)
+        return constrain(dense(x.shape[-1], ("mlp", "embed"), name="wo", **kw)(h), ACT_BTE)

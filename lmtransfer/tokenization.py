@@ -1,0 +1,79 @@
+"""Fast (Rust) tokenizers from a checkpoint directory, and fixed-shape numpy encodings.
+
+Truncation is never silent: `encode` reports how many examples were cut, and callers log it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def load_tokenizer(path: str):
+    """`AutoTokenizer.from_pretrained(path)` offline, and it must be a fast tokenizer.
+
+    (transformers 5 `BertTokenizer(vocab_file=...)` silently builds a 5-token vocabulary, so
+    tokenizers are only ever loaded from a directory.)
+    """
+    from transformers import AutoTokenizer
+
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: not a directory with tokenizer files "
+                                "(tokenizer.json or vocab.txt)")
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if not tok.is_fast:
+        raise ValueError(f"{path}: only fast tokenizers are supported (offsets are needed for "
+                         "QA and NER); add a tokenizer.json")
+    return tok
+
+
+@dataclasses.dataclass
+class Encoding:
+    """Numpy int32 arrays of shape [n, max_length]; `offsets` is [n, max_length, 2] or None."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    token_type_ids: np.ndarray
+    offsets: np.ndarray | None
+    truncated: np.ndarray  # bool [n]: the example did not fit in max_length
+
+    @property
+    def num_truncated(self) -> int:
+        return int(self.truncated.sum())
+
+
+def encode(tokenizer, texts: Sequence[str], text_pairs: Sequence[str] | None = None, *,
+           max_length: int, truncation: str = "longest_first", return_offsets: bool = False,
+           what: str = "examples") -> Encoding:
+    """Encodes sentences (or pairs) padded to `max_length` with `[CLS] a [SEP] (b [SEP])`.
+
+    `truncation` is an HF strategy (`longest_first`, `only_first`, `only_second`); examples
+    that were cut are counted in `Encoding.truncated` and logged.
+    """
+    texts = list(texts)
+    pairs = list(text_pairs) if text_pairs is not None else None
+    if pairs is not None and len(pairs) != len(texts):
+        raise ValueError(f"{len(texts)} texts but {len(pairs)} text pairs")
+    enc = tokenizer(texts, pairs, max_length=max_length, truncation=truncation,
+                    padding="max_length", return_offsets_mapping=return_offsets,
+                    return_token_type_ids=True, return_attention_mask=True)
+    full = tokenizer(texts, pairs, truncation=False, return_attention_mask=False,
+                     return_token_type_ids=False, verbose=False)
+    truncated = np.array([len(ids) > max_length for ids in full["input_ids"]], dtype=bool)
+    out = Encoding(
+        input_ids=np.asarray(enc["input_ids"], np.int32),
+        attention_mask=np.asarray(enc["attention_mask"], np.int32),
+        token_type_ids=np.asarray(enc["token_type_ids"], np.int32),
+        offsets=np.asarray(enc["offset_mapping"], np.int32) if return_offsets else None,
+        truncated=truncated,
+    )
+    if out.num_truncated:
+        log.warning("%d of %d %s were longer than max_length=%d and were truncated (%s)",
+                    out.num_truncated, len(texts), what, max_length, truncation)
+    return out
