@@ -36,19 +36,44 @@ def constrain(x, names):
     return nn.with_logical_constraint(x, names)
 
 
+class DenseGeneral(nn.Module):
+    """y = x . kernel + bias, contracting `axis` of x; kernel axes named `names`.
+
+    (Not nn.DenseGeneral: that initialises a flattened kernel and reshapes it, which breaks
+    logical sharding constraints on multi-dimensional kernels under a mesh.)
+    """
+
+    features: int | tuple[int, ...]
+    names: tuple[str, ...]
+    init_std: float
+    axis: int | tuple[int, ...] = -1
+    use_bias: bool = True
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        features = self.features if isinstance(self.features, tuple) else (self.features,)
+        axis = self.axis if isinstance(self.axis, tuple) else (self.axis,)
+        axis = tuple(a % x.ndim for a in axis)
+        kernel = self.param(
+            "kernel", nn.with_logical_partitioning(nn.initializers.normal(self.init_std),
+                                                   self.names),
+            tuple(x.shape[a] for a in axis) + features, self.param_dtype)
+        y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                                ((axis, tuple(range(len(axis)))), ((), ())))
+        if self.use_bias:
+            bias = self.param("bias", nn.with_logical_partitioning(
+                nn.initializers.zeros_init(), self.names[-len(features):]), features,
+                self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
 def dense(features, names, *, init_std, dtype, param_dtype, axis=-1, name=None, use_bias=True):
-    """nn.DenseGeneral whose kernel is named `names` (input axes then output axes)."""
-    n_out = len(features) if isinstance(features, tuple) else 1
-    return nn.DenseGeneral(
-        features=features,
-        axis=axis,
-        use_bias=use_bias,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        kernel_init=nn.with_logical_partitioning(nn.initializers.normal(init_std), names),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), names[-n_out:]),
-        name=name,
-    )
+    """DenseGeneral whose kernel is named `names` (input axes then output axes)."""
+    return DenseGeneral(features, tuple(names), init_std, axis=axis, use_bias=use_bias,
+                        dtype=dtype, param_dtype=param_dtype, name=name)
 
 
 def layer_norm(eps, dtype, param_dtype, name=None):

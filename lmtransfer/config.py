@@ -1,0 +1,120 @@
+"""Config files (`get_config(arg)` -> ConfigDict) and their checks.
+
+    python -m lmtransfer.main --config configs/convert.py:head=qa --config.seed=1 --workdir DIR
+
+`:k=v,...` after the file name is the config's `arg` (parsed with `parse_arg`); `--config.a.b=v`
+overrides a field (ml_collections checks its type). Configs are locked: a key that does not
+exist is an error that names it, before anything runs.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import json
+import os
+from collections.abc import Sequence
+
+import ml_collections
+
+from lmtransfer import sharding
+
+MODES = ("convert",)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Fields every run has; config files add their own sections."""
+    c = ml_collections.ConfigDict()
+    c.mode = "convert"
+    c.seed = 0
+    # Mesh axis sizes; -1 takes the remaining devices.
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    # Logical axis -> mesh axis (or None); see lmtransfer/sharding.py.
+    c.sharding_rules = sharding.DEFAULT_RULES
+    # Compute settings applied on top of the checkpoint's architecture.
+    c.model = ml_collections.ConfigDict(dict(dtype="float32", param_dtype="float32",
+                                             attention="auto"))
+    return c
+
+
+def parse_arg(arg: str | None, **defaults):
+    """'a=1,b=x,flag' -> ConfigDict(a=1, b='x', flag=True), typed like `defaults`.
+
+    Keys not in `defaults` are an error naming the key.
+    """
+    out = ml_collections.ConfigDict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key not in defaults:
+            raise ValueError(f"unknown config arg {key!r}; known: {sorted(defaults)}")
+        if not _:
+            out[key] = True
+            continue
+        default = defaults[key]
+        if isinstance(default, bool):
+            out[key] = value.lower() in ("1", "true", "yes")
+        elif isinstance(default, (int, float)):
+            out[key] = type(default)(ast.literal_eval(value))
+        else:
+            out[key] = value
+    return out
+
+
+def _import_config_file(path: str):
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--config: {path} does not exist")
+    spec = importlib.util.spec_from_file_location("_lmtransfer_config", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    if not hasattr(mod, "get_config"):
+        raise ValueError(f"--config: {path} has no get_config(arg) function")
+    return mod
+
+
+def check_overrides(argv: Sequence[str], flag: str = "config") -> None:
+    """Fails with the key named when a `--config.a.b=v` names a field the config lacks.
+
+    (ml_collections raises a bare AttributeError for this during flag parsing.)
+    """
+    file_arg = None
+    for i, a in enumerate(argv):
+        if a.startswith(f"--{flag}="):
+            file_arg = a.split("=", 1)[1]
+        elif a == f"--{flag}" and i + 1 < len(argv):
+            file_arg = argv[i + 1]
+    if file_arg is None:
+        return
+    path, _, arg = file_arg.partition(":")
+    config = _import_config_file(path).get_config(arg or None)
+    for a in argv:
+        if not a.startswith(f"--{flag}."):
+            continue
+        key = a[len(flag) + 3:].split("=", 1)[0]
+        node, walked = config, []
+        for part in key.split("."):
+            fields = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+            if part not in fields:
+                near = difflib.get_close_matches(part, fields, n=3)
+                where = ".".join(walked) or "the config"
+                raise ValueError(
+                    f"--{flag}.{key}: {where} has no field {part!r}"
+                    + (f"; did you mean {', '.join(near)}?" if near else
+                       f"; fields: {', '.join(sorted(fields))}"))
+            node, walked = node[part], walked + [part]
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Semantic checks that types alone can't catch; each error names its config key."""
+    if config.mode not in MODES:
+        raise ValueError(f"config.mode={config.mode!r}; use one of {MODES}")
+    sharding.rules_from_config(config.sharding_rules)  # the mesh is checked when it is made
+
+
+def dump(config: ml_collections.ConfigDict, path: str) -> None:
+    """Writes the resolved config as JSON (atomically)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(json.loads(config.to_json_best_effort()), f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
