@@ -42,7 +42,8 @@ def run(config, workdir: str) -> dict:
     rules = sharding.rules_from_config(config.sharding_rules)
     overrides = config.model.to_dict()
     tok_dir = os.path.join(workdir, "tokenizer")
-    if not os.path.exists(os.path.join(source, "config.json")) and checkpoints.is_checkpoint(source):
+    is_hf = os.path.exists(os.path.join(source, "config.json"))
+    if not is_hf and checkpoints.is_checkpoint(source):
         log.info("source %s is an lmtransfer checkpoint: exporting it to HF format", source)
         tok_src = os.path.join(source, "tokenizer")
     else:

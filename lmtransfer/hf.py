@@ -65,7 +65,8 @@ HEAD_MODULES = ("mlm", "nsp", "classifier", "qa_outputs")  # top-level in HF, ne
 FRESH_OK = HEAD_MODULES + ("pooler",)  # may be absent from a checkpoint: initialised fresh
 _LEAF_TO_HF = {"kernel": "weight", "embedding": "weight", "scale": "weight", "bias": "bias"}
 # Checkpoint tensors that carry no parameters of their own (buffers, tied copies).
-_IGNORED_HF = re.compile(r"(bert\.)?embeddings\.position_ids|cls\.predictions\.decoder\.(weight|bias)")
+_IGNORED_HF = re.compile(
+    r"(bert\.)?embeddings\.position_ids|cls\.predictions\.decoder\.(weight|bias)")
 
 ARCHITECTURES = {
     None: "BertModel", "mlm": "BertForMaskedLM", "nsp": "BertForNextSentencePrediction",

@@ -47,7 +47,7 @@ def mesh_shape(spec: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
     if unknown:
         raise ValueError(f"config.mesh has unknown axes {sorted(unknown)}; allowed: {MESH_AXES}")
     sizes = [int(spec.get(a, 1)) for a in MESH_AXES]
-    fill = [a for a, s in zip(MESH_AXES, sizes) if s == -1]
+    fill = [a for a, s in zip(MESH_AXES, sizes, strict=True) if s == -1]
     if len(fill) > 1 or any(s == 0 or s < -1 for s in sizes):
         raise ValueError(f"config.mesh={dict(spec)}: sizes must be positive, at most one may be -1")
     fixed = math.prod(s for s in sizes if s != -1)
@@ -76,7 +76,8 @@ def rules_from_config(rules) -> tuple[tuple[str, Any], ...]:
     out = []
     for i, rule in enumerate(rules):
         if len(rule) != 2:
-            raise ValueError(f"config.sharding_rules[{i}]={rule!r}: expected (logical_name, mesh_axes)")
+            raise ValueError(
+                f"config.sharding_rules[{i}]={rule!r}: expected (logical_name, mesh_axes)")
         name, axes = rule
         axes_t = tuple(axes) if isinstance(axes, (list, tuple)) else axes
         for a in (axes_t if isinstance(axes_t, tuple) else (axes_t,)):

@@ -22,7 +22,7 @@ def random_model(head, num_labels=2, seed=0):
     # Non-zero biases / non-unit LayerNorm scales, so a mixed-up layout cannot pass.
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-    leaves = [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+    leaves = [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
     return model, jax.tree.unflatten(treedef, leaves)
 
 

@@ -98,6 +98,7 @@ def test_missing_head_is_initialised_fresh_and_unused_heads_dropped(make_hf_mode
 def test_convert_cli_mode_for_heads(make_hf_model, tmp_path):
     """The `convert` mode: HF dir -> lmtransfer checkpoint -> HF dir, logits preserved."""
     import transformers
+
     from lmtransfer import checkpoints, main
     from tests.configs_loader import load_config
 

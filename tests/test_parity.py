@@ -16,7 +16,7 @@ PAIRS = [("The quick brown fox jumps over the lazy dog.", "A dog sleeps in the s
 def batch(minilm_path):
     tok = tokenization.load_tokenizer(minilm_path)
     a = tokenization.encode(tok, SINGLES, max_length=256)
-    b = tokenization.encode(tok, *zip(*PAIRS), max_length=256)
+    b = tokenization.encode(tok, *zip(*PAIRS, strict=True), max_length=256)
     ids, mask, types = (np.concatenate([x, y]) for x, y in
                         ((a.input_ids, b.input_ids), (a.attention_mask, b.attention_mask),
                          (a.token_type_ids, b.token_type_ids)))
@@ -40,7 +40,8 @@ def test_minilm_matches_torch(minilm_path, batch, torch_ref, attention):
     hidden_err = np.abs(np.asarray(out.last_hidden_state)[valid]
                         - torch_ref.last_hidden_state.numpy()[valid]).max()
     pooler_err = np.abs(np.asarray(out.pooler_output) - torch_ref.pooler_output.numpy()).max()
-    print(f"MiniLM parity ({attention}): last_hidden_state {hidden_err:.2e}, pooler {pooler_err:.2e}")
+    print(f"MiniLM parity ({attention}): last_hidden_state {hidden_err:.2e}, "
+          f"pooler {pooler_err:.2e}")
     assert hidden_err <= 1e-4
     assert pooler_err <= 1e-4
 

@@ -65,7 +65,7 @@ def test_init_sharded_follows_rules():
         assert x.addressable_shards[0].data.shape == shard_shape, path
     # Sharded init gives the same values as a plain single-device init.
     plain = nn.unbox(model.init(jax.random.key(0), dummy))["params"]
-    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(p)):
+    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(p), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-7)
 
 

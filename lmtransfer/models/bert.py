@@ -61,7 +61,11 @@ class BertConfig:
         if self.attention not in layers.ATTENTION_IMPLS:
             raise ValueError(f"attention={self.attention!r}; use one of {layers.ATTENTION_IMPLS}")
         for f in ("dtype", "param_dtype"):
-            jnp.dtype(getattr(self, f))  # fails early on a typo such as "bf16"
+            try:
+                jnp.dtype(getattr(self, f))
+            except TypeError:
+                raise ValueError(f"{f}={getattr(self, f)!r} is not a dtype; use 'float32' or "
+                                 "'bfloat16'") from None
 
     @property
     def head_dim(self) -> int:

@@ -6,16 +6,21 @@ children of the Bert module under the names used in the parameter tree (and in l
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import flax.linen as nn
 import jax.numpy as jnp
 
 from lmtransfer.models import layers
 
+if TYPE_CHECKING:
+    from lmtransfer.models.bert import BertConfig
+
 
 class MlmHead(nn.Module):
     """transform (dense + act + LayerNorm) -> decoder tied to the word embeddings + bias."""
 
-    config: "BertConfig"  # noqa: F821
+    config: BertConfig
 
     @nn.compact
     def __call__(self, x, embeddings):
