@@ -136,17 +136,23 @@ class BertEmbeddings(nn.Module):
                   param_dtype=jnp.dtype(c.param_dtype))
         self.word_embeddings = layers.embed(c.vocab_size, c.hidden_size, ("vocab", "embed"),
                                             name="word_embeddings", **kw)
+        # Small tables stay replicated: a gather from an embed-sharded table makes XLA
+        # rematerialise the whole activation to reach the batch sharding.
         self.position_embeddings = layers.embed(
-            c.max_position_embeddings, c.hidden_size, ("positions", "embed"),
+            c.max_position_embeddings, c.hidden_size, ("positions", None),
             name="position_embeddings", **kw)
         self.token_type_embeddings = layers.embed(
-            c.type_vocab_size, c.hidden_size, ("token_types", "embed"),
+            c.type_vocab_size, c.hidden_size, ("token_types", None),
             name="token_type_embeddings", **kw)
         self.layer_norm = layers.layer_norm(c.layer_norm_eps, kw["dtype"], kw["param_dtype"])
         self.dropout = nn.Dropout(c.hidden_dropout_prob)
 
     def __call__(self, input_ids, token_type_ids, position_ids, deterministic):
-        x = (self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
+        # Gather from a table whose embed axis is whole (vocab may stay tensor-sharded):
+        # gathering from an fsdp-split table forces XLA to rematerialise the activation.
+        table = layers.constrain(self.word_embeddings.embedding, ("vocab", None))
+        words = jnp.take(table, input_ids, axis=0).astype(jnp.dtype(self.config.dtype))
+        x = (words + self.position_embeddings(position_ids)
              + self.token_type_embeddings(token_type_ids))
         x = self.dropout(self.layer_norm(x), deterministic=deterministic)
         return layers.constrain(x, layers.ACT_BTE)
