@@ -1,9 +1,11 @@
-"""lmtransfer checkpoints: an Orbax CheckpointManager under `<workdir>/checkpoints`.
+"""lmtransfer checkpoints: Orbax CheckpointManagers under `<workdir>/checkpoints` (the run's
+latest N, for resuming) and `<workdir>/best` (the best by the task's main metric).
 
 Each step directory holds `params` (sharded array checkpoint) and `model` (JSON: the BERT
-architecture, head, label count and label names), so a checkpoint alone rebuilds its model.
-Orbax writes each step to a temporary directory and renames it on completion, so a crash never
-leaves a half-written checkpoint that looks finished.
+architecture, head, label count and label names), so a checkpoint alone rebuilds its model;
+training checkpoints add `opt` (step + optimizer state) and `meta` (data position, best so
+far). Orbax writes each step to a temporary directory and renames it on completion, so a crash
+never leaves a half-written checkpoint that looks finished.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
@@ -20,6 +21,7 @@ from lmtransfer import sharding as sharding_lib
 from lmtransfer.models.bert import Bert, BertConfig
 
 CHECKPOINT_DIR = "checkpoints"
+BEST_DIR = "best"
 
 
 def manager(workdir: str, max_to_keep: int | None = 3, **options) -> ocp.CheckpointManager:
@@ -49,9 +51,11 @@ def save_model(workdir: str, step: int, model: Bert, params, id2label=None) -> N
 
 
 def resolve(path: str) -> tuple[str, int]:
-    """A workdir, its checkpoints dir or one step dir -> (checkpoints dir, step)."""
+    """A workdir (its best, else its latest), a checkpoints dir or one step dir ->
+    (checkpoint manager dir, step)."""
     path = os.path.abspath(path)
-    for root, step in ((os.path.join(path, CHECKPOINT_DIR), None), (path, None),
+    for root, step in ((os.path.join(path, BEST_DIR), None),
+                       (os.path.join(path, CHECKPOINT_DIR), None), (path, None),
                        (os.path.dirname(path), os.path.basename(path))):
         if not os.path.isdir(root):
             continue
@@ -85,8 +89,64 @@ def load_model(path: str, mesh=None, rules=sharding_lib.DEFAULT_RULES, **config_
         mesh = sharding_lib.make_mesh({"data": 1}, devices=jax.devices()[:1])
     shardings = sharding_lib.param_shardings(abstract, mesh, rules)["params"]
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          nn.unbox(abstract)["params"], shardings)
+                          sharding_lib.unbox(abstract)["params"], shardings)
     params = mngr.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(target))).params
     mngr.close()
     return model, params, meta
+
+
+class TrainCheckpointer:
+    """The training loop's checkpoints: async keep-N saves for resuming, plus the best."""
+
+    def __init__(self, workdir: str, keep: int):
+        workdir = os.path.abspath(workdir)
+        self.mngr = ocp.CheckpointManager(
+            os.path.join(workdir, CHECKPOINT_DIR),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                                 enable_async_checkpointing=True))
+        self.best = ocp.CheckpointManager(
+            os.path.join(workdir, BEST_DIR),
+            options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
+                                                 enable_async_checkpointing=False))
+
+    def latest_step(self) -> int | None:
+        return self.mngr.latest_step()
+
+    def save(self, step: int, state, model_meta: dict, meta: dict) -> None:
+        """Starts an async save (returns once arrays are copied off the devices)."""
+        self.mngr.save(step, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(state.params),
+            opt=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state}),
+            model=ocp.args.JsonSave(model_meta), meta=ocp.args.JsonSave(meta)), force=True)
+
+    def restore(self, abstract_state):
+        """(state, meta) of the latest checkpoint, placed like `abstract_state`."""
+        step = self.mngr.latest_step()
+        r = self.mngr.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(abstract_state.params),
+            opt=ocp.args.StandardRestore({"step": abstract_state.step,
+                                          "opt_state": abstract_state.opt_state}),
+            meta=ocp.args.JsonRestore()))
+        state = abstract_state.replace(step=r.opt["step"], params=r.params,
+                                       opt_state=r.opt["opt_state"])
+        return state, r.meta
+
+    def save_best(self, step: int, params, model_meta: dict, meta: dict) -> None:
+        for old in self.best.all_steps():
+            if old != step:
+                self.best.delete(old)
+        self.best.save(step, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(params), model=ocp.args.JsonSave(model_meta),
+            meta=ocp.args.JsonSave(meta)), force=True)
+
+    def best_meta(self) -> dict | None:
+        step = self.best.latest_step()
+        if step is None:
+            return None
+        return self.best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+    def close(self) -> None:
+        self.mngr.wait_until_finished()
+        self.mngr.close()
+        self.best.close()

@@ -20,7 +20,7 @@ import ml_collections
 
 from lmtransfer import sharding
 
-MODES = ("convert",)
+MODES = ("convert", "train", "eval", "predict")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -35,6 +35,32 @@ def base_config() -> ml_collections.ConfigDict:
     # Compute settings applied on top of the checkpoint's architecture.
     c.model = ml_collections.ConfigDict(dict(dtype="float32", param_dtype="float32",
                                              attention="auto"))
+    return c
+
+
+def finetune_config() -> ml_collections.ConfigDict:
+    """Fields of the train / eval / predict modes (tasks add their data fields)."""
+    c = base_config()
+    c.mode = "train"
+    c.task = "classification"
+    # HF checkpoint dir or lmtransfer workdir to start from; "" = model.preset from scratch.
+    c.init_from = ""
+    c.model.preset = "tiny"  # used when init_from is ""
+    c.model.tokenizer = ""  # "" = init_from's tokenizer, else the packaged MiniLM's
+    c.model.hidden_dropout_prob = -1.0  # < 0: keep the checkpoint's
+    c.model.attention_probs_dropout_prob = -1.0
+    c.optim = ml_collections.ConfigDict(dict(
+        lr=2e-5, warmup_steps=0, warmup_ratio=0.1, decay="linear", weight_decay=0.01,
+        b1=0.9, b2=0.999, eps=1e-8, max_grad_norm=1.0))
+    c.train = ml_collections.ConfigDict(dict(
+        batch_size=32, eval_batch_size=64, epochs=3.0, steps=0, grad_accum=1,
+        eval_every=0, log_every=10, checkpoint_every=200, keep_checkpoints=2, export_hf=False))
+    c.data = ml_collections.ConfigDict(dict(
+        source="glue", dir="", glue_task="", tfds_data_dir="", max_length=128, buckets=(),
+        files=ml_collections.ConfigDict(dict(train="", dev="", test="")),
+        text_column="text", text_pair_column="", label_column="label", id_column="",
+        labels=(), regression=False, metric="", vader_seed=0,
+        max_examples=ml_collections.ConfigDict(dict(train=0, dev=0))))
     return c
 
 

@@ -22,7 +22,6 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -294,9 +293,10 @@ def load_pretrained(path: str, head: str | None = None, num_labels: int | None =
     rng = jax.random.key(seed)
     dummy = jnp.zeros((1, 2), jnp.int32)
     abstract = jax.eval_shape(model.init, rng, dummy)
-    params, fresh = convert_from_hf(tensors, model, nn.unbox(abstract)["params"], source=file)
+    params, fresh = convert_from_hf(tensors, model, sharding_lib.unbox(abstract)["params"],
+                                    source=file)
     if fresh:  # heads only: take them from a real init (same rng => reproducible)
-        init = nn.unbox(jax.jit(model.init)(rng, dummy))["params"]
+        init = sharding_lib.unbox(jax.jit(model.init)(rng, dummy))["params"]
         init = traverse_util.flatten_dict(jax.device_get(init), sep="/")
         params.update({p: np.asarray(init[p]) for p in fresh})
     params = traverse_util.unflatten_dict(params, sep="/")

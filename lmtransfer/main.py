@@ -21,8 +21,10 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:args].",
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for everything the run writes.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-# mode -> module with `run(config, workdir) -> dict`
-MODES = {"convert": "lmtransfer.convert"}
+# mode -> "module:function(config, workdir) -> dict"
+MODES = {"convert": "lmtransfer.convert:run", "train": "lmtransfer.train.loop:train",
+         "eval": "lmtransfer.train.evaluate:evaluate_mode",
+         "predict": "lmtransfer.train.evaluate:predict_mode"}
 
 log = logging.getLogger("lmtransfer")
 
@@ -35,7 +37,8 @@ def run(config, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
         config_lib.dump(config, os.path.join(workdir, "config.json"))
-    result = importlib.import_module(MODES[config.mode]).run(config, workdir)
+    module, fn = MODES[config.mode].split(":")
+    result = getattr(importlib.import_module(module), fn)(config, workdir)
     if jax.process_index() == 0:
         print(json.dumps(result, indent=2, sort_keys=True, default=str))
     return result

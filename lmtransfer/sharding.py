@@ -96,6 +96,13 @@ def use_mesh(mesh, rules=DEFAULT_RULES):
         yield
 
 
+def unbox(tree):
+    """Strips flax's logical-axis boxes without applying sharding constraints (safe on
+    abstract trees and inside a mesh context, unlike `nn.unbox`)."""
+    return jax.tree.map(lambda x: x.value if isinstance(x, nn.meta.AxisMetadata) else x, tree,
+                        is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+
+
 def logical_to_shardings(logical_specs, mesh, rules=DEFAULT_RULES):
     """Pytree of logical PartitionSpecs -> pytree of NamedShardings on `mesh`."""
     return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)

@@ -1,0 +1,1 @@
+"""Data: tables and GLUE readers, the VADER lexicon task data, batching."""

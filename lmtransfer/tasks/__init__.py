@@ -1,0 +1,17 @@
+"""Task plug-ins, by `config.task`."""
+
+from lmtransfer.tasks.base import Split, Task
+
+TASKS = {"classification": "lmtransfer.tasks.classification:ClassificationTask"}
+
+
+def make_task(config, tokenizer) -> Task:
+    import importlib
+
+    if config.task not in TASKS:
+        raise ValueError(f"config.task={config.task!r}; use one of {sorted(TASKS)}")
+    module, cls = TASKS[config.task].split(":")
+    return getattr(importlib.import_module(module), cls)(config, tokenizer)
+
+
+__all__ = ["Split", "Task", "make_task", "TASKS"]

