@@ -20,7 +20,7 @@ import ml_collections
 
 from lmtransfer import sharding
 
-MODES = ("convert", "train", "eval", "predict")
+MODES = ("convert", "train", "eval", "predict", "quickstart")
 
 
 def base_config() -> ml_collections.ConfigDict:

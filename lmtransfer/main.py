@@ -24,7 +24,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 # mode -> "module:function(config, workdir) -> dict"
 MODES = {"convert": "lmtransfer.convert:run", "train": "lmtransfer.train.loop:train",
          "eval": "lmtransfer.train.evaluate:evaluate_mode",
-         "predict": "lmtransfer.train.evaluate:predict_mode"}
+         "predict": "lmtransfer.train.evaluate:predict_mode",
+         "quickstart": "lmtransfer.quickstart:run"}
 
 log = logging.getLogger("lmtransfer")
 

@@ -85,6 +85,7 @@ def read_split(root: str, task: GlueTask, split: str):
 def read_tfds(name: str, split: str, data_dir: str | None):
     """Examples of `glue/<name>` via `tfds.data_source` (ArrayRecord; no TensorFlow needed)."""
     import tensorflow_datasets as tfds
+    import tensorflow_datasets.text.glue  # noqa: F401  (registers the glue builder)
 
     source = tfds.data_source(f"glue/{name}", split=TFDS_SPLITS.get(split, split),
                               data_dir=data_dir or None, download=False)

@@ -139,8 +139,10 @@ class ClassificationTask(Task):
         features = dict(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
                         token_type_ids=enc.token_type_ids,
                         length=enc.attention_mask.sum(1).astype(np.int32))
-        if labelled:
-            features["label"] = self._encode_labels(examples)
+        # Unlabelled (test) splits get placeholder labels so every split has one layout;
+        # `Split.labelled` keeps them out of losses and metrics.
+        features["label"] = (self._encode_labels(examples) if labelled else
+                             np.zeros(len(examples), np.float32 if self.regression else np.int32))
         self._cache[split] = Split(split, features, examples, labelled)
         return self._cache[split]
 

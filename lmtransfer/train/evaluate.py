@@ -26,8 +26,6 @@ def predict_split(eval_step, params, split: Split, batch_size: int, mesh, bucket
     outputs, loss_sum, weight = {}, 0.0, 0.0
     start = time.perf_counter()
     for batch, idx in batcher.eval_batches():
-        if not split.labelled:  # no labels: the loss is meaningless, feed zeros
-            batch.setdefault("label", batch["weights"] * 0)
         preds, l_sum, w = eval_step(params, batch)
         valid = idx >= 0
         for k, v in preds.items():

@@ -137,8 +137,12 @@ def train(config, workdir: str) -> dict:
                 ckpt.save_best(step, state.params, meta_model, {"best": best})
             return res
 
+        saved = [ckpt.latest_step()]
+
         def save(step):
-            ckpt.save(step, state, meta_model, {"data": batcher.position(step), "best": best})
+            if saved[0] != step:
+                ckpt.save(step, state, meta_model, {"data": batcher.position(step), "best": best})
+                saved[0] = step
 
         meter, pending = _Meter(start), None
         progress = _progress(total, start)

@@ -53,7 +53,7 @@ def make_train_step(model, task, tx, lr_schedule, grad_accum: int, seed: int):
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss_sum / denom, "weight": weight,
-                   "grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(params),
+                   "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params),
                    "lr": lr_schedule(state.step)}
         return TrainState(state.step + 1, params, opt_state), metrics
 
