@@ -64,4 +64,13 @@ def make_glue(root, n_train=64, n_dev=21, n_test=13, seed=0):
                                                                           "\tlabel")] + [
             f"{i}\t{a}\t{b}" + ("" if test else f"\t{labels[_label(b)]}")
             for i, (a, b) in enumerate(zip(s1, s2, strict=True))])
+    # MNLI: matched and mismatched dev/test files, three labels
+    nli = ("contradiction", "entailment", "neutral")
+    cols = "index\tpromptID\tpairID\tgenre\tsentence1\tsentence2"
+    for split in ("train", "dev_matched", "dev_mismatched", "test_matched", "test_mismatched"):
+        test = split.startswith("test")
+        n = sizes["test" if test else "train" if split == "train" else "dev"]
+        write(f"{root}/MNLI/{split}.tsv", [cols + ("" if test else "\tlabel1\tgold_label")] + [
+            f"{i}\tp{i}\tq{i}\tfiction\t{sentence(rng)}\t{sentence(rng)}" +
+            ("" if test else f"\t{nli[i % 3]}\t{nli[i % 3]}") for i in range(n)])
     return root

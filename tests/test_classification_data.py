@@ -56,6 +56,16 @@ def test_glue_formats(glue_root, tokenizer, name, pair, labels):
     assert test.examples[3]["id"] == "3"
 
 
+def test_mnli_matched_and_mismatched(glue_root, tokenizer):
+    task = glue_task(tokenizer, glue_root, "mnli")
+    assert task.eval_splits() == ("dev_matched", "dev_mismatched")
+    assert task.test_splits() == ("test_matched", "test_mismatched")
+    assert task.labels == ("contradiction", "entailment", "neutral")
+    dev = task.load("dev_mismatched")
+    assert len(dev) == 21 and dev.features["label"].tolist()[:3] == [0, 1, 2]
+    assert task.glue.submission_name("test_mismatched") == "MNLI-mm"
+
+
 def test_glue_raw_reader_pitfalls(glue_root):
     rows, path = glue.read_split(glue_root, glue.get("mrpc"), "train")
     assert list(rows[0].fields)[0] == "Quality"  # BOM stripped from the header

@@ -80,6 +80,18 @@ def test_eval_and_predict_modes(trained):
     assert [row.split("\t")[0] for row in lines[1:]] == [str(i) for i in range(13)]
 
 
+def test_init_from_lmtransfer_workdir_new_head(trained, tmp_path, caplog):
+    config, workdir, _ = trained
+    c = load_config("glue.py", "task=stsb,model=tiny")
+    c.init_from = workdir  # our own fine-tuned encoder, a regression head instead
+    c.data.dir = config.data.dir
+    c.train.batch_size, c.train.eval_batch_size, c.train.steps = 8, 16, 2
+    with caplog.at_level("INFO", logger="lmtransfer.train.init"):
+        results = main.run(c, str(tmp_path / "stsb"))
+    assert "initialised fresh: classifier/bias, classifier/kernel" in caplog.text
+    assert "pearson_spearman" in results["final"]["dev"]
+
+
 def test_resume_of_finished_run_and_head_mismatch(trained, tmp_path):
     config, workdir, _ = trained
     c = load_config("glue.py", "task=stsb,model=tiny")
