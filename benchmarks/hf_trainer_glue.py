@@ -37,8 +37,8 @@ def main():
     import torch
     import transformers
 
+    from lmtransfer.hf import packaged_minilm
     from lmtransfer.tasks.classification import ClassificationTask
-    from lmtransfer.train.init import packaged_minilm
 
     if a.threads:
         torch.set_num_threads(a.threads)

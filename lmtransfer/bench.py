@@ -98,7 +98,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=5)
     a = p.parse_args(argv)
     if not a.model:
-        from lmtransfer.train.init import packaged_minilm
+        from lmtransfer.hf import packaged_minilm
         a.model = packaged_minilm()
     kind = jax.devices()[0].device_kind
     peak = PEAK_FLOPS.get(kind)

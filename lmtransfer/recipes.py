@@ -14,7 +14,7 @@ def apply_model(c, model: str) -> None:
     if model == "tiny":
         c.init_from, c.model.preset = "", "tiny"
     elif model == "minilm":
-        from lmtransfer.train.init import packaged_minilm
+        from lmtransfer.hf import packaged_minilm
 
         c.init_from = str(packaged_minilm())
     else:

