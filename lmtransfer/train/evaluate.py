@@ -77,7 +77,7 @@ def _run_splits(config, workdir, split_names, result_file):
     splits = [task.load(s) for s in split_names]
     with sharding.use_mesh(mesh, rules):
         results = evaluate(task, step, params, splits, config.train.eval_batch_size, mesh,
-                           _buckets(config), out_dir=os.path.join(workdir, "predictions"))
+                           buckets(config), out_dir=os.path.join(workdir, "predictions"))
     logs.write_json(os.path.join(workdir, result_file), results)
     return results
 
@@ -100,5 +100,5 @@ def predict_mode(config, workdir):
     return _run_splits(config, workdir, task.test_splits(), "predict_results.json")
 
 
-def _buckets(config):
+def buckets(config):
     return tuple(config.data.buckets) or batching.default_buckets(config.data.max_length)

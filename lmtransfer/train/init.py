@@ -61,7 +61,7 @@ def build(config, task, tokenizer, mesh, rules):
         source_model, source_params, _ = checkpoints.load_model(src, **overrides)
         model = Bert(source_model.config, head=task.head, num_labels=task.num_labels)
         return model, transfer(source_params, model, config.seed, mesh, rules, src)
-    if config.model.preset not in ("",):
+    if config.model.preset:
         cfg = BertConfig.preset(config.model.preset, vocab_size=len(tokenizer), **overrides)
         model = Bert(cfg, head=task.head, num_labels=task.num_labels)
         variables, _ = sharding.init_sharded(model.init, mesh, rules, jax.random.key(config.seed),

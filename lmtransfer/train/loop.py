@@ -90,7 +90,7 @@ def train(config, workdir: str) -> dict:
                          f"grad_accum={t.grad_accum} microbatches divisible by data x fsdp")
     tokenizer = init.load_tokenizer(config)
     task = make_task(config, tokenizer)
-    buckets = eval_lib._buckets(config)
+    buckets = eval_lib.buckets(config)
     train_split = task.load("train")
     eval_splits = [task.load(s) for s in task.eval_splits()]
     batcher = batching.Batcher(train_split.features, t.batch_size, mesh, buckets)
