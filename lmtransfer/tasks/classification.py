@@ -47,6 +47,7 @@ class ClassificationTask(Task):
             self.metric = config.data.metric or ("pearson_spearman" if self.regression else "acc")
         self.head = "classification"
         self._cache: dict[str, Split] = {}
+        self._raw: dict[str, list[dict]] = {}
         if not self.regression and labels is None:
             labels = self._discover_labels()
         self.labels = None if self.regression else tuple(labels)
@@ -62,15 +63,12 @@ class ClassificationTask(Task):
     def eval_splits(self):
         if self.glue is not None:
             return self.glue.dev
-        return tuple(s for s in ("dev",) if self._has_split(s)) or ("dev",)
+        return ("dev",)
 
     def test_splits(self):
         if self.glue is not None:
             return tuple(s for s, _ in self.glue.test)
         return ("test",)
-
-    def _has_split(self, split):
-        return self.source != "files" or bool(self.data.files.get(split))
 
     def _discover_labels(self) -> tuple[str, ...]:
         examples = self._read("train")
@@ -79,6 +77,11 @@ class ClassificationTask(Task):
         return tuple(labels)
 
     def _read(self, split: str) -> list[dict]:
+        if split not in self._raw:
+            self._raw[split] = self._read_uncached(split)
+        return self._raw[split]
+
+    def _read_uncached(self, split: str) -> list[dict]:
         """Raw examples: dicts with id, text_a, text_b (or None), label (str/float/None),
         where (file:line for error messages)."""
         if self.source == "vader":

@@ -54,27 +54,22 @@ def evaluate(task, eval_step, params, splits, batch_size, mesh, buckets, out_dir
     return results
 
 
-def _restored(config, workdir):
-    """Task, model and params of this workdir's best (else latest) checkpoint."""
+def _run_splits(config, workdir, which: str, result_file: str):
+    """Restores this workdir's best (else latest) checkpoint and runs it on the task's
+    `which` splits ("eval" or "test"), writing predictions and `result_file`."""
     from lmtransfer.tasks import make_task
     from lmtransfer.train import init
+    from lmtransfer.train.step import make_eval_step
 
     mesh = sharding.make_mesh(config.mesh.to_dict())
     rules = sharding.rules_from_config(config.sharding_rules)
-    tokenizer = init.load_tokenizer(config)
-    task = make_task(config, tokenizer)
+    task = make_task(config, init.load_tokenizer(config))
     model, params, meta = checkpoints.load_model(workdir, mesh=mesh, rules=rules,
                                                  **init.config_overrides(config))
     log.info("restored %s (head=%s)", checkpoints.resolve(workdir), meta["head"])
-    return task, model, params, mesh, rules
-
-
-def _run_splits(config, workdir, split_names, result_file):
-    from lmtransfer.train.step import make_eval_step
-
-    task, model, params, mesh, rules = _restored(config, workdir)
+    names = task.eval_splits() if which == "eval" else task.test_splits()
+    splits = [task.load(s) for s in names]
     step = jax.jit(make_eval_step(model, task))
-    splits = [task.load(s) for s in split_names]
     with sharding.use_mesh(mesh, rules):
         results = evaluate(task, step, params, splits, config.train.eval_batch_size, mesh,
                            buckets(config), out_dir=os.path.join(workdir, "predictions"))
@@ -84,20 +79,12 @@ def _run_splits(config, workdir, split_names, result_file):
 
 def evaluate_mode(config, workdir):
     """`eval`: metrics of the saved model on the task's dev splits -> eval_results.json."""
-    from lmtransfer.tasks import make_task
-    from lmtransfer.train import init
-
-    task = make_task(config, init.load_tokenizer(config))
-    return _run_splits(config, workdir, task.eval_splits(), "eval_results.json")
+    return _run_splits(config, workdir, "eval", "eval_results.json")
 
 
 def predict_mode(config, workdir):
     """`predict`: predictions for the task's test splits (GLUE: submission files too)."""
-    from lmtransfer.tasks import make_task
-    from lmtransfer.train import init
-
-    task = make_task(config, init.load_tokenizer(config))
-    return _run_splits(config, workdir, task.test_splits(), "predict_results.json")
+    return _run_splits(config, workdir, "test", "predict_results.json")
 
 
 def buckets(config):
