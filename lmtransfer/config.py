@@ -55,13 +55,19 @@ def finetune_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict(dict(
         batch_size=32, eval_batch_size=64, epochs=3.0, steps=0, grad_accum=1,
         eval_every=0, log_every=10, checkpoint_every=200, keep_checkpoints=2, export_hf=False))
-    c.data = ml_collections.ConfigDict(dict(
-        source="glue", dir="", glue_task="", tfds_data_dir="", max_length=128, buckets=(),
-        files=ml_collections.ConfigDict(dict(train="", dev="", test="")),
-        text_column="text", text_pair_column="", label_column="label", id_column="",
-        labels=(), regression=False, metric="", vader_seed=0,
-        max_examples=ml_collections.ConfigDict(dict(train=0, dev=0))))
+    c.data = data_config(
+        source="glue", glue_task="", text_column="text", text_pair_column="",
+        label_column="label", id_column="", labels=(), regression=False, metric="",
+        vader_seed=0)
     return c
+
+
+def data_config(**task_fields) -> ml_collections.ConfigDict:
+    """The data fields every task has, plus the task's own (`task_fields`)."""
+    return ml_collections.ConfigDict(dict(
+        dir="", tfds_data_dir="", max_length=128, buckets=(),
+        files=ml_collections.ConfigDict(dict(train="", dev="", test="")),
+        max_examples=ml_collections.ConfigDict(dict(train=0, dev=0)), **task_fields))
 
 
 def parse_arg(arg: str | None, **defaults):

@@ -2,7 +2,9 @@
 
 from lmtransfer.tasks.base import Split, Task
 
-TASKS = {"classification": "lmtransfer.tasks.classification:ClassificationTask"}
+TASKS = {"classification": "lmtransfer.tasks.classification:ClassificationTask",
+         "token_classification": "lmtransfer.tasks.token_classification:TokenClassificationTask",
+         "qa": "lmtransfer.tasks.qa:QaTask"}
 
 
 def make_task(config, tokenizer) -> Task:

@@ -9,21 +9,27 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import logging
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
 class Split:
     """One featurized split. `features` are numpy arrays with a leading example axis; they
     include `input_ids`, `attention_mask`, `token_type_ids` ([n, max_length]) and `length`
-    ([n], real tokens, used for bucketing). `examples` keeps what postprocessing needs."""
+    ([n], real tokens, used for bucketing). `examples` has one entry per feature row with
+    what postprocessing needs; tasks that cut one record (a sentence, a question) into several
+    windows keep the records in `records` and map windows back to them."""
 
     name: str
     features: dict[str, np.ndarray]
     examples: list[dict[str, Any]]
     labelled: bool = True
+    records: list[Any] | None = None
 
     def __len__(self) -> int:
         return len(self.features["length"])
@@ -33,6 +39,9 @@ class Task(abc.ABC):
     head: str  # a lmtransfer.models.HEADS entry
     num_labels: int
     main_metric: str  # key in `evaluate`'s result; larger is better
+    # Prediction outputs with a sequence axis ([B, T, ...]) -> the value that pads them back
+    # to max_length when a batch was cut to a shorter length bucket.
+    sequence_outputs: dict[str, Any] = {}
 
     @property
     def id2label(self) -> dict[int, str] | None:
@@ -67,3 +76,14 @@ class Task(abc.ABC):
     def write_predictions(self, split: Split, predictions: dict[str, np.ndarray],
                           out_dir: str) -> list[str]:
         """Writes `predictions/<split>.jsonl` (and task formats); returns the files written."""
+
+
+def seeded_subset(items: list, limit: int, split: str) -> list:
+    """A fixed random `limit` of `items` in their original order (`config.data.max_examples`);
+    all of them when `limit` is 0 or not smaller."""
+    if not limit or limit >= len(items):
+        return items
+    log.info("%s: using a seeded random %d of %d (config.data.max_examples.%s)",
+             split, limit, len(items), split)
+    keep = np.sort(np.random.default_rng(0).choice(len(items), limit, replace=False))
+    return [items[i] for i in keep]

@@ -21,7 +21,7 @@ import optax
 from lmtransfer import metrics as metrics_lib
 from lmtransfer import tokenization
 from lmtransfer.data import glue, tables, vader
-from lmtransfer.tasks.base import Split, Task
+from lmtransfer.tasks.base import Split, Task, seeded_subset
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +127,7 @@ class ClassificationTask(Task):
     def load(self, split: str) -> Split:
         if split in self._cache:
             return self._cache[split]
-        examples = self._read(split)
-        limit = self.data.max_examples.get(split, 0) if "max_examples" in self.data else 0
-        if limit and limit < len(examples):
-            log.info("%s: using a seeded random %d of %d examples (config.data.max_examples.%s)",
-                     split, limit, len(examples), split)
-            keep = np.sort(np.random.default_rng(0).choice(len(examples), limit, replace=False))
-            examples = [examples[i] for i in keep]
+        examples = seeded_subset(self._read(split), self.data.max_examples.get(split, 0), split)
         labelled = all(e["label"] is not None for e in examples)
         pairs = [e["text_b"] for e in examples]
         enc = tokenization.encode(self.tokenizer, [e["text_a"] for e in examples],

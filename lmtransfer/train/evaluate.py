@@ -20,9 +20,15 @@ from lmtransfer.tasks.base import Split
 log = logging.getLogger(__name__)
 
 
-def predict_split(eval_step, params, split: Split, batch_size: int, mesh, buckets):
-    """Returns (predictions in split order, mean loss or None, examples/s)."""
+def predict_split(eval_step, params, split: Split, batch_size: int, mesh, buckets,
+                  sequence_outputs=None):
+    """Returns (predictions in split order, mean loss or None, examples/s).
+
+    `sequence_outputs` (name -> fill value) are per-token outputs; batches cut to a shorter
+    length bucket are padded back to the split's max_length with the fill value."""
     batcher = batching.Batcher(split.features, batch_size, mesh, buckets)
+    sequence_outputs = sequence_outputs or {}
+    width = split.features["input_ids"].shape[1]
     outputs, loss_sum, weight = {}, 0.0, 0.0
     start = time.perf_counter()
     for batch, idx in batcher.eval_batches():
@@ -30,6 +36,9 @@ def predict_split(eval_step, params, split: Split, batch_size: int, mesh, bucket
         valid = idx >= 0
         for k, v in preds.items():
             v = batching.gather(v)
+            if k in sequence_outputs and v.shape[1] < width:
+                pad = [(0, 0), (0, width - v.shape[1])] + [(0, 0)] * (v.ndim - 2)
+                v = np.pad(v, pad, constant_values=sequence_outputs[k])
             if k not in outputs:
                 outputs[k] = np.zeros((len(split),) + v.shape[1:], v.dtype)
             outputs[k][idx[valid]] = v[valid]
@@ -42,7 +51,8 @@ def evaluate(task, eval_step, params, splits, batch_size, mesh, buckets, out_dir
     """Metrics per labelled split (and prediction files when `out_dir` is given)."""
     results = {}
     for split in splits:
-        preds, loss, rate = predict_split(eval_step, params, split, batch_size, mesh, buckets)
+        preds, loss, rate = predict_split(eval_step, params, split, batch_size, mesh, buckets,
+                                          task.sequence_outputs)
         m = task.evaluate(split, preds) if split.labelled else {}
         if loss is not None:
             m["loss"] = loss
@@ -67,6 +77,7 @@ def _run_splits(config, workdir, which: str, result_file: str):
     model, params, meta = checkpoints.load_model(workdir, mesh=mesh, rules=rules,
                                                  **init.config_overrides(config))
     log.info("restored %s (head=%s)", checkpoints.resolve(workdir), meta["head"])
+    init.check_fits(config, model)
     names = task.eval_splits() if which == "eval" else task.test_splits()
     splits = [task.load(s) for s in names]
     step = jax.jit(make_eval_step(model, task))

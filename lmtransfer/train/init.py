@@ -51,6 +51,14 @@ def config_overrides(config) -> dict:
     return out
 
 
+def check_fits(config, model) -> None:
+    """Inputs longer than the model's position table would silently read garbage."""
+    limit = model.config.max_position_embeddings
+    if config.data.max_length > limit:
+        raise ValueError(f"config.data.max_length={config.data.max_length} exceeds the model's "
+                         f"max_position_embeddings={limit}; lower config.data.max_length")
+
+
 def build(config, task, tokenizer, mesh, rules):
     """Returns (model, params placed in their shardings)."""
     src, overrides = config.init_from, config_overrides(config)
