@@ -183,6 +183,7 @@ class QaTask(Task):
         golds = {q["id"]: q["answers"] for q in split.records}
         result = metrics_lib.squad_scores(golds, {k: v["text"] for k, v in decoded.items()},
                                           version)
+        result["questions"] = len(golds)
         if version == "2.0":
             result.update(metrics_lib.best_null_threshold(
                 golds, {k: v["best_span"] for k, v in decoded.items()},

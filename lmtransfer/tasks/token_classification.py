@@ -189,7 +189,8 @@ class TokenClassificationTask(Task):
     def evaluate(self, split, predictions):
         pred = self.word_predictions(split, predictions["pred"])
         gold = [s.tags for s in split.records]
-        return metrics_lib.entity_scores(gold, pred, self.data.entity_mode, self.data.tag_scheme)
+        scores = metrics_lib.entity_scores(gold, pred, self.data.entity_mode, self.data.tag_scheme)
+        return {**scores, "sentences": len(gold)}
 
     def write_predictions(self, split, predictions, out_dir):
         """`<split>.jsonl` (one sentence per line) and `<split>.conll` with `word gold pred`
