@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import logging
+import os
 from typing import Any
 
 import numpy as np
@@ -76,6 +77,19 @@ class Task(abc.ABC):
     def write_predictions(self, split: Split, predictions: dict[str, np.ndarray],
                           out_dir: str) -> list[str]:
         """Writes `predictions/<split>.jsonl` (and task formats); returns the files written."""
+
+
+def check_source(data, allowed: tuple[str, ...]) -> None:
+    if data.source not in allowed:
+        raise ValueError(f"config.data.source={data.source!r}; use one of {', '.join(allowed)}")
+
+
+def data_file(data, split: str) -> str:
+    """`config.data.dir` / `config.data.files.<split>`."""
+    name = data.files.get(split)
+    if not name:
+        raise ValueError(f"config.data.files.{split} is not set")
+    return os.path.join(data.dir, name)
 
 
 def seeded_subset(items: list, limit: int, split: str) -> list:

@@ -29,7 +29,7 @@ import optax
 from lmtransfer import metrics as metrics_lib
 from lmtransfer.data import squad
 from lmtransfer.data.tables import DataError
-from lmtransfer.tasks.base import Split, Task, seeded_subset
+from lmtransfer.tasks.base import Split, Task, check_source, data_file, seeded_subset
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,7 @@ class QaTask(Task):
         self.data = config.data
         self.tokenizer = tokenizer
         self.max_length = config.data.max_length
-        if self.data.source not in ("files", "tfds"):
-            raise ValueError(f"config.data.source={self.data.source!r}; use files or tfds")
+        check_source(self.data, ("files", "tfds"))
         if not 0 <= self.data.doc_stride < self.max_length // 2:
             raise ValueError(f"config.data.doc_stride={self.data.doc_stride} must be in "
                              f"[0, max_length / 2)")
@@ -65,11 +64,8 @@ class QaTask(Task):
             questions, version = squad.read_tfds(split, self.data.tfds_data_dir,
                                                  self.data.tfds_version)
         else:
-            name = self.data.files.get(split)
-            if not name:
-                raise ValueError(f"config.data.files.{split} is not set")
             questions, version = squad.read_squad(
-                os.path.join(self.data.dir, name), self.data.articles.get(split, ""),
+                data_file(self.data, split), self.data.articles.get(split, ""),
                 key=f"config.data.articles.{split}")
         self.versions[split] = version
         return questions
@@ -168,10 +164,9 @@ class QaTask(Task):
             if score[i, j] > b["score"]:
                 s, t = e["offsets"][top_s[i]][0], e["offsets"][top_e[j]][1]
                 b.update(text=q["context"][s:t], score=float(score[i, j]))
-        out = {}
+        out, v2 = {}, self.versions.get(split.name) == "2.0"
         for q, b in zip(split.records, best, strict=True):
             odds = b["null"] - b["score"]
-            v2 = self.versions.get(split.name) == "2.0"
             text = "" if v2 and odds > d.null_threshold else b["text"]
             out[q["id"]] = {"text": text, "best_span": b["text"], "score": b["score"],
                             "null_odds": odds}

@@ -28,7 +28,7 @@ import optax
 from lmtransfer import metrics as metrics_lib
 from lmtransfer.data import conll
 from lmtransfer.data.tables import DataError
-from lmtransfer.tasks.base import Split, Task, seeded_subset
+from lmtransfer.tasks.base import Split, Task, check_source, data_file, seeded_subset
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,7 @@ class TokenClassificationTask(Task):
         self.data = config.data
         self.tokenizer = tokenizer
         self.max_length = config.data.max_length
-        if self.data.source not in ("files", "tfds"):
-            raise ValueError(f"config.data.source={self.data.source!r}; use files or tfds")
+        check_source(self.data, ("files", "tfds"))
         self._raw: dict[str, list[conll.Sentence]] = {}
         self._cache: dict[str, Split] = {}
         labels = tuple(self.data.labels) or self._discover_labels()
@@ -64,23 +63,17 @@ class TokenClassificationTask(Task):
     def _discover_labels(self) -> tuple[str, ...]:
         tags = {t for s in self._read("train") for t in s.tags}
         if None in tags:
-            raise DataError(f"{self._path('train')}: the training file has no tag column")
+            raise DataError(f"{data_file(self.data, 'train')}: the training file has no tag column")
         labels = (["O"] if "O" in tags else []) + sorted(tags - {"O"})
         log.info("labels discovered from the training data: %s", labels)
         return tuple(labels)
-
-    def _path(self, split: str) -> str:
-        name = self.data.files.get(split)
-        if not name:
-            raise ValueError(f"config.data.files.{split} is not set")
-        return os.path.join(self.data.dir, name)
 
     def _read(self, split: str) -> list[conll.Sentence]:
         if split not in self._raw:
             if self.data.source == "tfds":
                 sentences = conll.read_tfds(split, self.data.tfds_data_dir)
             else:
-                sentences = conll.read_conll(self._path(split), self.data.tag_column)
+                sentences = conll.read_conll(data_file(self.data, split), self.data.tag_column)
             if self.data.to_iob2:
                 for s in sentences:
                     if s.tags[0] is not None:
