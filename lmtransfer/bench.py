@@ -49,6 +49,9 @@ def lmtransfer_step(path, batch, length):
     model, params = hf.load_pretrained(path, head="classification", num_labels=2)
 
     class Loss:
+        def prepare(self, batch, rng):
+            return batch
+
         def loss(self, out, b):
             ce = optax.softmax_cross_entropy_with_integer_labels(out.logits, b["label"])
             return jnp.sum(ce * b["weights"]), jnp.sum(b["weights"])

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from lmtransfer import sharding as sharding_lib
-from lmtransfer.models.bert import Bert, BertConfig
+from lmtransfer.models import ARCHS
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"
@@ -30,18 +30,20 @@ def manager(workdir: str, max_to_keep: int | None = 3, **options) -> ocp.Checkpo
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, **options))
 
 
-def model_meta(model: Bert, id2label=None) -> dict:
-    return {"config": dataclasses.asdict(model.config), "head": model.head,
+def model_meta(model, id2label=None) -> dict:
+    return {"arch": model.arch, "config": dataclasses.asdict(model.config), "head": model.head,
             "num_labels": model.num_labels,
             "id2label": {str(k): v for k, v in (id2label or {}).items()}}
 
 
-def model_from_meta(meta: dict, **config_overrides) -> Bert:
-    config = BertConfig(**{**meta["config"], **config_overrides})
-    return Bert(config, head=meta["head"], num_labels=meta["num_labels"])
+def model_from_meta(meta: dict, **config_overrides):
+    """The model (BERT or GPT) a checkpoint's `model` metadata describes."""
+    cls, config_cls = ARCHS[meta.get("arch", "bert")]
+    config = config_cls(**{**meta["config"], **config_overrides})
+    return cls(config, head=meta["head"], num_labels=meta["num_labels"])
 
 
-def save_model(workdir: str, step: int, model: Bert, params, id2label=None) -> None:
+def save_model(workdir: str, step: int, model, params, id2label=None) -> None:
     """Saves params and model metadata as checkpoint `step` (blocking until written)."""
     mngr = manager(workdir)
     mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),

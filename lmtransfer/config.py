@@ -33,8 +33,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Logical axis -> mesh axis (or None); see lmtransfer/sharding.py.
     c.sharding_rules = sharding.DEFAULT_RULES
     # Compute settings applied on top of the checkpoint's architecture.
+    # remat: recompute each layer's activations in the backward pass (less memory).
     c.model = ml_collections.ConfigDict(dict(dtype="float32", param_dtype="float32",
-                                             attention="auto"))
+                                             attention="auto", remat=False))
     return c
 
 
@@ -46,6 +47,9 @@ def finetune_config() -> ml_collections.ConfigDict:
     # HF checkpoint dir or lmtransfer workdir to start from; "" = model.preset from scratch.
     c.init_from = ""
     c.model.preset = "tiny"  # used when init_from is ""
+    # From-scratch models round the tokenizer's vocabulary up to a multiple of this, so the
+    # vocab axis splits evenly over tensor-parallel devices (and matmuls tile well).
+    c.model.vocab_multiple = 128
     c.model.tokenizer = ""  # "" = init_from's tokenizer, else the packaged MiniLM's
     c.model.hidden_dropout_prob = -1.0  # < 0: keep the checkpoint's
     c.model.attention_probs_dropout_prob = -1.0

@@ -20,6 +20,16 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:args].",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for everything the run writes.")
 flags.mark_flags_as_required(["config", "workdir"])
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "on", "off"],
+    "Multi-host: 'on' calls jax.distributed.initialize() (on TPU VMs and clusters JAX detects "
+    "the rest itself); 'auto' does so only when a coordinator address is given.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 (env JAX_COORDINATOR_ADDRESS).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
+                                      "Number of processes (env JAX_NUM_PROCESSES).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None,
+                                   "This process's index (env JAX_PROCESS_ID).")
 
 # mode -> "module:function(config, workdir) -> dict"
 MODES = {"convert": "lmtransfer.convert:run", "train": "lmtransfer.train.loop:train",
@@ -45,6 +55,28 @@ def run(config, workdir: str) -> dict:
     return result
 
 
+def init_distributed(mode: str, coordinator=None, num_processes=None, process_id=None):
+    """Joins the multi-host job (before anything touches a device). Flags win over the
+    environment variables JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID."""
+    env = os.environ
+    coordinator = coordinator or env.get("JAX_COORDINATOR_ADDRESS")
+    if num_processes is None and env.get("JAX_NUM_PROCESSES"):
+        num_processes = int(env["JAX_NUM_PROCESSES"])
+    if process_id is None and env.get("JAX_PROCESS_ID"):
+        process_id = int(env["JAX_PROCESS_ID"])
+    if mode == "off" or (mode == "auto" and not coordinator):
+        return False
+    if coordinator and (num_processes is None or process_id is None):
+        raise ValueError("--coordinator_address needs --num_processes and --process_id (or "
+                         "JAX_NUM_PROCESSES / JAX_PROCESS_ID)")
+    import jax
+
+    jax.distributed.initialize(coordinator, num_processes, process_id)
+    log.info("process %d of %d (%d local devices, %d in all)", jax.process_index(),
+             jax.process_count(), jax.local_device_count(), jax.device_count())
+    return True
+
+
 def _parse_flags(argv):
     try:
         config_lib.check_overrides(argv)
@@ -59,6 +91,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger().setLevel(logging.INFO)
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file at INFO
+    init_distributed(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
+                     _PROCESS_ID.value)
     run(_CONFIG.value, os.path.abspath(_WORKDIR.value))
 
 

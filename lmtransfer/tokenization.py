@@ -77,3 +77,46 @@ def encode(tokenizer, texts: Sequence[str], text_pairs: Sequence[str] | None = N
         log.warning("%d of %d %s were longer than max_length=%d and were truncated (%s)",
                     out.num_truncated, len(texts), what, max_length, truncation)
     return out
+
+
+TOKENIZER_KINDS = ("wordpiece", "bpe")
+
+
+def train_tokenizer(kind: str, texts, vocab_size: int, out_dir: str):
+    """Trains a tokenizer on `texts` with the `tokenizers` library and saves it (an HF fast
+    tokenizer dir, loadable by `load_tokenizer`): `wordpiece` is BERT's (lower-cased,
+    `[CLS] a [SEP] b [SEP]` with token types), `bpe` is GPT-2's byte-level BPE (no unknown
+    tokens; `<|endoftext|>` ends each document)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if kind == "wordpiece":
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        tok.train_from_iterator(texts, trainers.WordPieceTrainer(
+            vocab_size=vocab_size, special_tokens=specials, show_progress=False))
+        cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+        names = dict(unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                     sep_token="[SEP]", mask_token="[MASK]")
+    elif kind == "bpe":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+        tok.train_from_iterator(texts, trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=["<|endoftext|>"], show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        names = dict(eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                     pad_token="<|endoftext|>")
+    else:
+        raise ValueError(f"tokenizer kind {kind!r}; use one of {TOKENIZER_KINDS}")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **names)
+    fast.save_pretrained(out_dir)
+    return load_tokenizer(out_dir)

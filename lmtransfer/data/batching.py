@@ -120,9 +120,83 @@ class Batcher:
             self.sharding, v, (self.batch_size,) + v.shape[1:]) for k, v in out.items()}
 
 
+    def tokens(self, idx: np.ndarray) -> int:
+        """Real tokens in the global batch `idx` (for throughput)."""
+        return int(self.features["length"][idx[idx >= 0]].sum())
+
+
+def owned_shards(mesh, batch_size: int, num_shards: int) -> list[int]:
+    """The data shards whose rows of the global batch live on this process's devices.
+
+    The global batch is `num_shards` blocks of batch_size / num_shards rows, block g drawn
+    from shard g only; a process owns the blocks inside its rows, so it reads only those
+    shards, and the global batch is the same whatever the number of processes."""
+    key = "config.data.shards"
+    if num_shards < 1 or batch_size % num_shards:
+        raise ValueError(f"{key}={num_shards} must be >= 1 and divide "
+                         f"config.train.batch_size={batch_size}")
+    rows = host_rows(batch_sharding(mesh), batch_size)
+    block = batch_size // num_shards
+    if rows.start % block or rows.stop % block:
+        raise ValueError(f"{key}={num_shards}: each process holds {rows.stop - rows.start} rows "
+                         f"of the global batch, not a whole number of shard blocks of {block}; "
+                         f"use a multiple of the process count ({jax.process_count()})")
+    return list(range(rows.start // block, rows.stop // block))
+
+
+class ShardedBatcher(Batcher):
+    """Train batches when each process holds only its own shards' rows (pretraining corpora).
+
+    `features` are this process's rows, shard after shard (`shard_rows[g]` = (start, stop)
+    for each owned shard g). Shard g fills rows [g*b, (g+1)*b) of every global batch
+    (b = batch_size / num_shards), walking its own permutation per pass, drawn from
+    (seed, g, pass); a position is a pure function of the step, so resume is exact. Rows are
+    packed to max_length, so there is no length bucketing (every process would have to agree
+    on the bucket).
+    """
+
+    def __init__(self, features, shard_rows: dict[int, tuple[int, int]], num_shards: int,
+                 total_rows: int, batch_size: int, mesh):
+        super().__init__(features, batch_size, mesh, buckets=(features["input_ids"].shape[1],))
+        self.shard_rows, self.num_shards = shard_rows, num_shards
+        self.block = batch_size // num_shards
+        self.n = total_rows  # steps_per_epoch counts all processes' rows
+        for g, (a, b) in shard_rows.items():
+            if a == b:
+                raise ValueError(f"data shard {g} of {num_shards} is empty: the corpus has too "
+                                 "few documents; lower config.data.shards")
+
+    def train_indices(self, step: int, seed: int) -> np.ndarray:
+        """Global batch rows as indices into this process's features (-1: another process's
+        row; padding never occurs, shards cycle)."""
+        idx = np.full(self.batch_size, -1, np.int64)
+        draws = step * self.block + np.arange(self.block)
+        for g, (a, b) in self.shard_rows.items():
+            n = b - a
+            rows = np.empty(self.block, np.int64)
+            for p in np.unique(draws // n):
+                sel = draws // n == p
+                rows[sel] = a + np.random.default_rng([seed, g, p]).permutation(n)[draws[sel] % n]
+            idx[g * self.block:(g + 1) * self.block] = rows
+        return idx
+
+    def assemble(self, idx: np.ndarray) -> dict[str, jax.Array]:
+        local = idx[self.rows]
+        out = {k: v[local] for k, v in self.features.items() if k != "length"}
+        out["weights"] = np.ones(len(local), np.float32)
+        return {k: jax.make_array_from_process_local_data(
+            self.sharding, v, (self.batch_size,) + v.shape[1:]) for k, v in out.items()}
+
+    def tokens(self, idx: np.ndarray) -> int:
+        """This process's tokens scaled to the global batch (the others are not read here)."""
+        local = idx[self.rows]
+        return int(self.features["length"][local].sum()) * self.batch_size // len(local)
+
+
 # Features with a sequence axis that bucketing may cut (never labels of other shapes).
 SEQUENCE_FEATURES = {"input_ids", "attention_mask", "token_type_ids", "labels",
-                     "label_mask", "position_ids"}
+                     "label_mask", "position_ids", "segment_ids", "word_start", "mlm_labels",
+                     "mlm_weights"}
 
 
 def gather(x: jax.Array) -> np.ndarray:

@@ -1,5 +1,22 @@
 """Flax linen models: functional (init/apply), every parameter with logical axis names."""
 
 from lmtransfer.models.bert import HEADS, PRESETS, Bert, BertConfig, BertOutput
+from lmtransfer.models.gpt import Gpt, GptConfig
 
-__all__ = ["HEADS", "PRESETS", "Bert", "BertConfig", "BertOutput"]
+ARCHS = {"bert": (Bert, BertConfig), "gpt": (Gpt, GptConfig)}
+
+
+def from_preset(name: str, head: str | None, num_labels: int = 2, **overrides):
+    """A model from a BERT or GPT preset name (`PRESETS` / `gpt.PRESETS`)."""
+    from lmtransfer.models import gpt
+
+    if name in gpt.PRESETS:
+        return Gpt(GptConfig.preset(name, **overrides), head=head or "lm")
+    if name in PRESETS:
+        return Bert(BertConfig.preset(name, **overrides), head=head, num_labels=num_labels)
+    raise ValueError(f"unknown model preset {name!r}; BERT: {sorted(PRESETS)}, "
+                     f"GPT: {sorted(gpt.PRESETS)}")
+
+
+__all__ = ["ARCHS", "HEADS", "PRESETS", "Bert", "BertConfig", "BertOutput", "Gpt", "GptConfig",
+           "from_preset"]

@@ -45,6 +45,7 @@ class BertConfig:
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
     attention: str = "auto"  # one of layers.ATTENTION_IMPLS
+    remat: bool = False  # recompute each layer's activations in the backward pass
 
     HF_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                  "intermediate_size", "hidden_act", "hidden_dropout_prob",
@@ -182,12 +183,23 @@ class BertLayer(nn.Module):
         return layers.constrain(x, layers.ACT_BTE)
 
 
+def layer_class(cls, remat: bool, deterministic_argnum: int = 3):
+    """`cls`, or its rematerialised version (activations recomputed in the backward pass,
+    trading compute for memory); `deterministic` (its argument number, counting self) stays
+    static."""
+    return nn.remat(cls, static_argnums=(deterministic_argnum,)) if remat else cls
+
+
 class Bert(nn.Module):
-    """BERT encoder with an optional task head (see HEADS)."""
+    """BERT encoder with an optional task head (see HEADS).
+
+    `segment_ids` ([B, T], 0 = padding, k = k-th packed document) replaces `attention_mask`
+    for packed pretraining rows: attention then never crosses documents."""
 
     config: BertConfig
     head: str | None = None
     num_labels: int = 2
+    arch = "bert"
 
     def __post_init__(self):
         if self.head not in HEADS:
@@ -200,7 +212,7 @@ class Bert(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                 deterministic: bool = True) -> BertOutput:
+                 deterministic: bool = True, segment_ids=None) -> BertOutput:
         c = self.config
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
@@ -210,10 +222,13 @@ class Bert(nn.Module):
             position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
         embeddings = BertEmbeddings(c, name="embeddings")
         x = embeddings(input_ids, token_type_ids, position_ids, deterministic)
-        # [B, T] padding mask -> [B, 1, 1, T] for attention over keys.
-        mask = attention_mask.astype(bool)[:, None, None, :]
+        if segment_ids is not None:
+            mask = layers.attention_mask(segment_ids)
+        else:  # [B, T] padding mask -> [B, 1, 1, T] for attention over keys.
+            mask = attention_mask.astype(bool)[:, None, None, :]
+        layer = layer_class(BertLayer, c.remat)
         for i in range(c.num_hidden_layers):
-            x = BertLayer(c, name=f"layer_{i}")(x, mask, deterministic)
+            x = layer(c, name=f"layer_{i}")(x, mask, deterministic)
         out = BertOutput(last_hidden_state=x)
         if self.has_pooler:
             pooled = jnp.tanh(layers.dense(

@@ -32,6 +32,32 @@ ACTIVATIONS = {
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "explicit")
 
 
+def attention_mask(segment_ids, causal: bool = False):
+    """Boolean attention mask from [B, T] segment ids (0 = padding, k > 0 = document k).
+
+    A token attends to tokens of its own document only (so packed documents never see each
+    other), and with `causal` only to earlier ones. Returns [B, 1, T, T] (True = attend); an
+    attention_mask [B, T] of 0/1 is the one-document case.
+    """
+    seg = jnp.asarray(segment_ids)
+    same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] > 0)
+    if causal:
+        length = seg.shape[-1]
+        same &= jnp.tril(jnp.ones((length, length), bool))[None]
+    return same[:, None]
+
+
+def rotary(x, positions, base: float):
+    """Rotary position embedding (Su et al. 2021) of [B, T, heads, head_dim] by [B, T]
+    positions, rotating the two halves of head_dim (the GPT-NeoX / Llama layout)."""
+    half = x.shape[-1] // 2
+    freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angle = positions.astype(jnp.float32)[..., None, None] * freq  # [B, T, 1, half]
+    sin, cos = jnp.sin(angle), jnp.cos(angle)
+    x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
+
+
 def constrain(x, names):
     return nn.with_logical_constraint(x, names)
 
@@ -132,9 +158,10 @@ class SelfAttention(nn.Module):
     impl: str = "auto"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    rotary_base: float = 0.0  # > 0: rotary positions on q and k (then `positions` is needed)
 
     @nn.compact
-    def __call__(self, x, mask, deterministic: bool):
+    def __call__(self, x, mask, deterministic: bool, positions=None):
         proj = functools.partial(dense, (self.num_heads, self.head_dim), ("embed", "heads", "kv"),
                                  init_std=self.init_std, dtype=self.dtype,
                                  param_dtype=self.param_dtype)
@@ -145,6 +172,8 @@ class SelfAttention(nn.Module):
         qkv = jax.lax.dot_general(x.astype(self.dtype), kernel, (((x.ndim - 1,), (0,)), ((), ())))
         qkv = qkv + jnp.stack([b for _, b in weights]).astype(self.dtype)
         q, k, v = (constrain(qkv[..., i, :, :], ACT_BTNH) for i in range(3))
+        if self.rotary_base:
+            q, k = rotary(q, positions, self.rotary_base), rotary(k, positions, self.rotary_base)
         drop = nn.Dropout(self.dropout_rate, deterministic=False, name="attention_dropout")
         out = dot_product_attention(q, k, v, mask, impl=self.impl, dropout_rate=self.dropout_rate,
                                     deterministic=deterministic, dropout=drop)

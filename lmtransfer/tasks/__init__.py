@@ -4,7 +4,9 @@ from lmtransfer.tasks.base import Split, Task
 
 TASKS = {"classification": "lmtransfer.tasks.classification:ClassificationTask",
          "token_classification": "lmtransfer.tasks.token_classification:TokenClassificationTask",
-         "qa": "lmtransfer.tasks.qa:QaTask"}
+         "qa": "lmtransfer.tasks.qa:QaTask",
+         "clm": "lmtransfer.tasks.pretrain:PretrainTask",
+         "mlm": "lmtransfer.tasks.pretrain:PretrainTask"}
 
 
 def make_task(config, tokenizer) -> Task:

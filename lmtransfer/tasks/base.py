@@ -31,6 +31,11 @@ class Split:
     examples: list[dict[str, Any]]
     labelled: bool = True
     records: list[Any] | None = None
+    # Pretraining train splits hold only this process's data shards (data.batching):
+    # shard -> (start, stop) rows of `features`, the shard count and all processes' rows.
+    shard_rows: dict[int, tuple[int, int]] | None = None
+    num_shards: int = 1
+    total_rows: int = 0
 
     def __len__(self) -> int:
         return len(self.features["length"])
@@ -39,7 +44,8 @@ class Split:
 class Task(abc.ABC):
     head: str  # a lmtransfer.models.HEADS entry
     num_labels: int
-    main_metric: str  # key in `evaluate`'s result; larger is better
+    main_metric: str  # key in `evaluate`'s result that picks the best checkpoint
+    greater_is_better: bool = True
     # Prediction outputs with a sequence axis ([B, T, ...]) -> the value that pads them back
     # to max_length when a batch was cut to a shorter length bucket.
     sequence_outputs: dict[str, Any] = {}
@@ -47,6 +53,11 @@ class Task(abc.ABC):
     @property
     def id2label(self) -> dict[int, str] | None:
         return None
+
+    def prepare(self, batch, rng):
+        """Transforms a train batch on the device before the forward pass (jit-traceable;
+        e.g. MLM masking drawn from `rng`, which is a function of seed and step)."""
+        return batch
 
     @abc.abstractmethod
     def load(self, split: str) -> Split:

@@ -18,7 +18,7 @@ import numpy as np
 from flax import traverse_util
 
 from lmtransfer import checkpoints, hf, sharding, tokenization
-from lmtransfer.models import Bert, BertConfig
+from lmtransfer import models
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,9 @@ def _is_hf_dir(path: str) -> bool:
 
 
 def tokenizer_dir(config) -> str:
+    if config.model.tokenizer in tokenization.TOKENIZER_KINDS:
+        raise ValueError(f"config.model.tokenizer={config.model.tokenizer!r} trains a tokenizer "
+                         "on the corpus: only pretraining tasks (clm, mlm) do that")
     if config.model.tokenizer:
         return config.model.tokenizer
     src = config.init_from
@@ -38,13 +41,19 @@ def tokenizer_dir(config) -> str:
     return hf.packaged_minilm()
 
 
-def load_tokenizer(config):
+def load_tokenizer(config, workdir: str | None = None):
+    """The run's tokenizer; `config.model.tokenizer` = wordpiece | bpe trains one on the
+    pretraining corpus into `<workdir>/tokenizer` (kept for resume and fine-tuning)."""
+    if config.model.tokenizer in tokenization.TOKENIZER_KINDS and workdir:
+        from lmtransfer.tasks.pretrain import corpus_tokenizer
+
+        return corpus_tokenizer(config, workdir)
     return tokenization.load_tokenizer(tokenizer_dir(config))
 
 
 def config_overrides(config) -> dict:
     m = config.model
-    out = dict(dtype=m.dtype, param_dtype=m.param_dtype, attention=m.attention)
+    out = dict(dtype=m.dtype, param_dtype=m.param_dtype, attention=m.attention, remat=m.remat)
     for k in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
         if m[k] >= 0:
             out[k] = m[k]
@@ -67,11 +76,14 @@ def build(config, task, tokenizer, mesh, rules):
                                   seed=config.seed, mesh=mesh, rules=rules, **overrides)
     if src:
         source_model, source_params, _ = checkpoints.load_model(src, **overrides)
-        model = Bert(source_model.config, head=task.head, num_labels=task.num_labels)
+        model = type(source_model)(source_model.config, head=task.head,
+                                   num_labels=task.num_labels)
         return model, transfer(source_params, model, config.seed, mesh, rules, src)
     if config.model.preset:
-        cfg = BertConfig.preset(config.model.preset, vocab_size=len(tokenizer), **overrides)
-        model = Bert(cfg, head=task.head, num_labels=task.num_labels)
+        multiple = max(config.model.vocab_multiple, 1)
+        vocab = -(-len(tokenizer) // multiple) * multiple
+        model = models.from_preset(config.model.preset, task.head, task.num_labels,
+                                   vocab_size=vocab, **overrides)
         variables, _ = sharding.init_sharded(model.init, mesh, rules, jax.random.key(config.seed),
                                              np.zeros((1, 2), np.int32))
         log.info("model: %s from scratch (random init, seed %d)", config.model.preset,

@@ -88,12 +88,17 @@ def train(config, workdir: str) -> dict:
             mesh.shape["data"] * mesh.shape["fsdp"]):
         raise ValueError(f"config.train.batch_size={t.batch_size} must split into "
                          f"grad_accum={t.grad_accum} microbatches divisible by data x fsdp")
-    tokenizer = init.load_tokenizer(config)
+    tokenizer = init.load_tokenizer(config, workdir)
     task = make_task(config, tokenizer)
     buckets = eval_lib.buckets(config)
     train_split = task.load("train")
     eval_splits = [task.load(s) for s in task.eval_splits()]
-    batcher = batching.Batcher(train_split.features, t.batch_size, mesh, buckets)
+    if train_split.shard_rows is not None:  # each process holds only its own data shards
+        batcher = batching.ShardedBatcher(train_split.features, train_split.shard_rows,
+                                          train_split.num_shards, train_split.total_rows,
+                                          t.batch_size, mesh)
+    else:
+        batcher = batching.Batcher(train_split.features, t.batch_size, mesh, buckets)
     total = t.steps or int(round(t.epochs * batcher.steps_per_epoch))
     if total <= 0:
         raise ValueError("set config.train.steps or config.train.epochs > 0")
@@ -133,7 +138,8 @@ def train(config, workdir: str) -> dict:
             main = res[eval_splits[0].name][task.main_metric]
             log.info("step %d eval: %s", step, {k: {m: round(v, 4) for m, v in r.items()}
                                                 for k, r in res.items()})
-            if best is None or main > best["value"]:
+            sign = 1 if task.greater_is_better else -1
+            if best is None or sign * main > sign * best["value"]:
                 best = {"step": step, "metric": task.main_metric, "value": main, "results": res}
                 ckpt.save_best(step, state.params, meta_model, {"best": best})
             return res
@@ -156,7 +162,7 @@ def train(config, workdir: str) -> dict:
                     jax.block_until_ready(metrics)
                     meter.restart()
                 else:
-                    meter.tokens += int(train_split.features["length"][idx[idx >= 0]].sum())
+                    meter.tokens += batcher.tokens(idx)
                 if pending is not None:  # read the previous step's metrics: no device stall
                     _log_step(writer, progress, meter, *pending, t.log_every, total)
                 pending = (step + 1, metrics, batcher.position(step))

@@ -10,12 +10,12 @@ import optax
 
 from lmtransfer.train.state import TrainState
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "segment_ids")
 
 
 def _apply(model, params, batch, deterministic, rng=None):
     rngs = None if deterministic else {"dropout": rng}
-    return model.apply({"params": params}, *(batch[k] for k in MODEL_INPUTS),
+    return model.apply({"params": params}, **{k: batch[k] for k in MODEL_INPUTS if k in batch},
                        deterministic=deterministic, rngs=rngs)
 
 
@@ -37,6 +37,10 @@ def make_train_step(model, task, tx, lr_schedule, grad_accum: int, seed: int):
 
     def train_step(state: TrainState, batch):
         rng = jax.random.fold_in(jax.random.key(seed), state.step)
+        # The task's batch transform (MLM masking) sees the whole batch, so masks don't
+        # depend on grad_accum; dropout draws from an independent stream.
+        mask_rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 1), state.step)
+        batch = task.prepare(batch, mask_rng)
         if grad_accum == 1:
             (loss_sum, weight), grads = grad_fn(state.params, batch, rng)
         else:

@@ -1,0 +1,211 @@
+"""Raw-text corpora for pretraining: documents from local files or TFDS, sharded by document,
+tokenized and packed into fixed-length rows.
+
+- Files: `config.data.train_files` / `eval_files` are comma-separated paths or globs. `.jsonl`
+  files hold one document per line (field `config.data.text_field`); other files are plain
+  text whose documents are blank-line-separated paragraphs (`document=paragraph`), single
+  lines (`line`) or whole files (`file`).
+- TFDS: `config.data.tfds_name` (e.g. `lm1b`, `wikipedia/20230601.en`, `c4/en`) through
+  `tfds.data_source`, which reads records by index, so a process touches only its own.
+- Sharding: document i belongs to shard i % num_shards. Shards never share a document, and a
+  process tokenizes and packs only the shards it owns (see lmtransfer.data.batching).
+- Packing: each document is tokenized (BERT: `[CLS] ... [SEP]` per piece; GPT: the document
+  followed by its end-of-text token), documents longer than a row are cut into row-sized
+  pieces (never dropped), and pieces are packed in order into rows of `max_length` tokens with
+  `segment_ids` (1, 2, ... per piece; 0 = padding) and positions that restart per piece, so
+  attention never crosses documents.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from lmtransfer.data.tables import DataError
+
+log = logging.getLogger(__name__)
+
+DOCUMENT_MODES = ("paragraph", "line", "file")
+
+
+def resolve_files(spec: str, key: str) -> list[str]:
+    """Comma-separated paths or globs -> sorted existing files; an error names `key`."""
+    patterns = [p.strip() for p in str(spec).split(",") if p.strip()]
+    if not patterns:
+        raise DataError(f"{key} is empty; give a path or glob of text/jsonl files")
+    files = []
+    for p in patterns:
+        found = sorted(glob.glob(os.path.expanduser(p)))
+        if not found:
+            raise DataError(f"{key}: {p!r} matches no file")
+        files += [f for f in found if os.path.isfile(f)]
+    return files
+
+
+def _decode(raw: bytes, where: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DataError(f"{where}:{line}: bytes that are not UTF-8 ({e.reason}); convert the "
+                        "file to UTF-8") from None
+
+
+def file_documents(path: str, document: str, text_field: str) -> Iterator[str]:
+    """The non-empty documents of one file, in file order."""
+    with open(path, "rb") as f:
+        text = _decode(f.read(), path)
+    if path.endswith(".jsonl"):
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                doc = json.loads(line)[text_field]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise DataError(f"{path}:{n}: not a JSON object with a {text_field!r} string "
+                                f"({e}); set config.data.text_field") from None
+            if not isinstance(doc, str):
+                raise DataError(f"{path}:{n}: {text_field!r} is not a string")
+            if doc.strip():
+                yield doc
+        return
+    if document == "file":
+        parts = [text]
+    elif document == "line":
+        parts = text.splitlines()
+    elif document == "paragraph":
+        parts, current = [], []
+        for line in text.splitlines():
+            if line.strip():
+                current.append(line)
+            elif current:
+                parts.append("\n".join(current))
+                current = []
+        parts.append("\n".join(current))
+    else:
+        raise ValueError(f"config.data.document={document!r}; use one of {DOCUMENT_MODES}")
+    yield from (p for p in parts if p.strip())
+
+
+class Corpus:
+    """The documents of one split: `len(corpus)` and `corpus.get(indices)` -> texts."""
+
+    def __init__(self, count: int, get: Callable[[list[int]], list[str]], name: str):
+        self.count, self._get, self.name = count, get, name
+
+    def __len__(self) -> int:
+        return self.count
+
+    def get(self, indices) -> list[str]:
+        return self._get(list(indices))
+
+
+def from_files(spec: str, key: str, document: str, text_field: str) -> Corpus:
+    """Documents of local files (read into memory: plain-text corpora that fit on a host)."""
+    docs = []
+    for path in resolve_files(spec, key):
+        docs += list(file_documents(path, document, text_field))
+    if not docs:
+        raise DataError(f"{key}={spec!r}: the files hold no text")
+    return Corpus(len(docs), lambda idx: [docs[i] for i in idx], spec)
+
+
+def from_tfds(name: str, split: str, data_dir: str, text_field: str) -> Corpus:
+    """A TFDS text data set; records are read by index, only those asked for."""
+    import tensorflow_datasets as tfds
+
+    source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
+    where = f"tfds {name}[{split}]"
+    if not len(source):
+        raise DataError(f"{where} is empty")
+
+    def get(idx):
+        out = []
+        for i in idx:
+            ex = source[i]
+            if text_field not in ex:
+                raise DataError(f"{where}[{i}] has no {text_field!r} feature (it has "
+                                f"{sorted(ex)}); set config.data.text_field")
+            t = ex[text_field]
+            out.append(t.decode("utf-8") if isinstance(t, bytes) else str(t))
+        return out
+
+    return Corpus(len(source), get, where)
+
+
+def subset(corpus: Corpus, start: int, stop: int) -> Corpus:
+    """Documents [start, stop) of a corpus, renumbered from 0."""
+    return Corpus(stop - start, lambda idx: corpus.get([start + i for i in idx]),
+                  f"{corpus.name}[{start}:{stop}]")
+
+
+def shard_documents(n: int, shards: list[int], num_shards: int) -> dict[int, np.ndarray]:
+    """Document indices of each owned shard (document i -> shard i % num_shards)."""
+    return {g: np.arange(g, n, num_shards) for g in shards}
+
+
+def pack(token_lists: list[list[int]], max_length: int, *, prefix: list[int],
+         suffix: list[int], doc_ids: list[int],
+         start_lists: list[list[bool]] | None = None) -> dict[str, np.ndarray]:
+    """Packs documents into rows of `max_length` (see the module docstring).
+
+    Each document's tokens are cut into pieces of at most `max_length - len(prefix+suffix)`,
+    each wrapped as prefix + piece + suffix. Returns input_ids, segment_ids, position_ids,
+    length ([n]), doc ([n, max pieces per row] document ids, -1 = none) and, with
+    `start_lists` (per-token word starts), word_start (special tokens count as starts).
+    """
+    room = max_length - len(prefix) - len(suffix)
+    if room < 1:
+        raise ValueError(f"config.data.max_length={max_length} leaves no room for text")
+    rows, row = [], []  # a row is a list of (doc, tokens, starts) pieces
+    for d, tokens in enumerate(token_lists):
+        starts = start_lists[d] if start_lists is not None else [True] * len(tokens)
+        for a in range(0, max(len(tokens), 1), room):
+            piece = (doc_ids[d], prefix + tokens[a:a + room] + suffix,
+                     [True] * len(prefix) + list(starts[a:a + room]) + [True] * len(suffix))
+            if sum(len(p[1]) for p in row) + len(piece[1]) > max_length:
+                rows.append(row)
+                row = []
+            row.append(piece)
+    if row:
+        rows.append(row)
+    n = len(rows)
+    out = {k: np.zeros((n, max_length), np.int32)
+           for k in ("input_ids", "segment_ids", "position_ids")}
+    word_start = np.zeros((n, max_length), bool)
+    doc = np.full((n, max((len(r) for r in rows), default=1)), -1, np.int64)
+    for r, pieces in enumerate(rows):
+        at = 0
+        for s, (d, tokens, starts) in enumerate(pieces):
+            span = slice(at, at + len(tokens))
+            out["input_ids"][r, span] = tokens
+            out["segment_ids"][r, span] = s + 1
+            out["position_ids"][r, span] = np.arange(len(tokens))
+            word_start[r, span] = starts
+            doc[r, s] = d
+            at += len(tokens)
+    out["length"] = (out["segment_ids"] > 0).sum(1).astype(np.int32)
+    out["doc"] = doc
+    if start_lists is not None:
+        out["word_start"] = word_start
+    return out
+
+
+def tokenize(tokenizer, texts: list[str], word_starts: bool = False):
+    """Token ids per text without special tokens (and, if asked, whether each token starts a
+    word: whole-word masking needs it)."""
+    enc = tokenizer(texts, add_special_tokens=False, return_attention_mask=False,
+                    return_token_type_ids=False, verbose=False)
+    ids = enc["input_ids"]
+    if not word_starts:
+        return ids, None
+    starts = []
+    for i in range(len(texts)):
+        words = enc.word_ids(i)
+        starts.append([w is None or j == 0 or words[j - 1] != w for j, w in enumerate(words)])
+    return ids, starts

@@ -1,0 +1,298 @@
+"""Pretraining: corpus reading, packing, masking, objectives, sharded steps and a full run."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lmtransfer import sharding
+from lmtransfer.data import batching, corpus
+from lmtransfer.data.tables import DataError
+from lmtransfer.models import from_preset
+from lmtransfer.tasks import make_task
+from lmtransfer.tasks.pretrain import mask_tokens
+from lmtransfer.train import init, optim
+from lmtransfer.train import state as state_lib
+from lmtransfer.train.step import make_train_step
+from tests.configs_loader import load_config
+from tests.corpus_data import corpus_tokenizer, make_corpus
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = make_corpus(str(tmp_path_factory.mktemp("corpus")))
+    for kind in ("wordpiece", "bpe"):
+        corpus_tokenizer(root, kind)
+    return root
+
+
+def config_for(root, objective, **data):
+    model = "gpt-tiny" if objective == "clm" else "tiny"
+    kind = "bpe" if objective == "clm" else "wordpiece"
+    c = load_config("pretrain.py", f"objective={objective},model={model},"
+                                   f"tokenizer={root}/tok_{kind},steps=8")
+    c.data.train_files = os.path.join(root, "train.txt")
+    c.data.eval_files = os.path.join(root, "eval.jsonl")
+    c.data.max_length, c.train.batch_size, c.train.eval_batch_size = 32, 16, 16
+    c.model.hidden_dropout_prob = c.model.attention_probs_dropout_prob = 0.0
+    c.data.update(data)
+    return c
+
+
+# ------------------------------------------------------------------------------ corpus
+
+def test_documents_by_mode_and_jsonl(tmp_path):
+    p = tmp_path / "a.txt"
+    p.write_text("one\ntwo\n\n\n  \nthree\n")
+    assert list(corpus.file_documents(str(p), "paragraph", "text")) == ["one\ntwo", "three"]
+    assert list(corpus.file_documents(str(p), "line", "text")) == ["one", "two", "three"]
+    assert list(corpus.file_documents(str(p), "file", "text")) == ["one\ntwo\n\n\n  \nthree\n"]
+    j = tmp_path / "b.jsonl"
+    j.write_text('{"body": "x y"}\n\n{"body": "z"}\n')
+    assert list(corpus.file_documents(str(j), "paragraph", "body")) == ["x y", "z"]
+    with pytest.raises(DataError, match=r"b.jsonl:1: not a JSON object with a 'text'"):
+        list(corpus.file_documents(str(j), "paragraph", "text"))
+    bad = tmp_path / "c.txt"
+    bad.write_bytes(b"fine\nbad \xff byte\n")
+    with pytest.raises(DataError, match=r"c.txt:2: bytes that are not UTF-8"):
+        list(corpus.file_documents(str(bad), "paragraph", "text"))
+    assert corpus.resolve_files(f"{tmp_path}/*.txt", "k") == [str(tmp_path / "a.txt"), str(bad)]
+    with pytest.raises(DataError, match=r"config.data.train_files: '.*nope\*' matches no file"):
+        corpus.resolve_files(f"{tmp_path}/nope*", "config.data.train_files")
+
+
+def test_shards_partition_documents():
+    parts = corpus.shard_documents(103, list(range(8)), 8)
+    every = np.sort(np.concatenate(list(parts.values())))
+    np.testing.assert_array_equal(every, np.arange(103))  # each document in exactly one shard
+
+
+def test_pack_segments_positions_and_long_documents():
+    docs = [[5, 6, 7], list(range(10, 30)), [8], [9, 9]]
+    out = corpus.pack(docs, 8, prefix=[1], suffix=[2], doc_ids=[10, 11, 12, 13])
+    rows = [list(r[r > 0]) for r in out["input_ids"]]
+    # doc 11 (20 tokens) is cut into pieces of 6, none dropped; pieces never straddle rows
+    assert sum(len(r) for r in rows) == 5 + (3 * 8 + 4) + 3 + 4
+    flat = [t for r in rows for t in r if t not in (1, 2)]
+    assert flat == [5, 6, 7] + list(range(10, 30)) + [8, 9, 9]
+    for r in range(len(rows)):
+        seg, pos = out["segment_ids"][r], out["position_ids"][r]
+        for s in set(seg[seg > 0]):
+            np.testing.assert_array_equal(pos[seg == s], np.arange((seg == s).sum()))
+            assert out["input_ids"][r][seg == s][0] == 1  # each piece starts with its prefix
+    assert out["length"].tolist() == [(s > 0).sum() for s in out["segment_ids"]]
+    assert out["doc"][0].tolist()[:1] == [10]
+
+
+@pytest.mark.parametrize("arch", ["gpt-tiny", "tiny"])
+def test_packed_documents_never_attend_to_each_other(arch):
+    model = from_preset(arch, "lm" if arch.startswith("gpt") else "mlm", vocab_size=64,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(3, 64, (1, 7)), rng.integers(3, 64, (1, 9))
+    params = sharding.unbox(model.init(jax.random.key(0), a))["params"]
+    row = np.concatenate([a, b, np.zeros((1, 4), int)], 1)
+    seg = np.array([[1] * 7 + [2] * 9 + [0] * 4])
+    pos = np.array([list(range(7)) + list(range(9)) + [0] * 4])
+    packed = model.apply({"params": params}, row, segment_ids=seg, position_ids=pos).logits
+    alone_a = model.apply({"params": params}, a).logits
+    alone_b = model.apply({"params": params}, b).logits
+    np.testing.assert_allclose(packed[0, :7], alone_a[0], atol=2e-5)
+    np.testing.assert_allclose(packed[0, 7:16], alone_b[0], atol=2e-5)
+
+
+def test_rotary_gpt_is_causal_and_remat_is_equal():
+    ids = np.random.default_rng(1).integers(0, 1024, (2, 12))
+    m = from_preset("gpt-tiny", None, positions="rotary")
+    params = sharding.unbox(m.init(jax.random.key(0), ids))["params"]
+    assert "position_embeddings" not in params
+    out = m.apply({"params": params}, ids).logits
+    changed = ids.copy()
+    changed[:, 8] = 3
+    out2 = m.apply({"params": params}, changed).logits
+    np.testing.assert_allclose(out[:, :8], out2[:, :8], atol=1e-6)
+    assert np.abs(out[:, 8:] - out2[:, 8:]).max() > 1e-3
+    remat = from_preset("gpt-tiny", None, positions="rotary", remat=True)
+
+    def grads(model):
+        return jax.grad(lambda p: model.apply({"params": p}, ids).logits.sum())(params)
+
+    for x, y in zip(jax.tree.leaves(grads(m)), jax.tree.leaves(grads(remat)), strict=True):
+        np.testing.assert_allclose(x, y, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ objectives
+
+def test_mlm_masking_statistics():
+    rng = np.random.default_rng(0)
+    ids = rng.integers(10, 1000, (64, 256)).astype(np.int32)
+    ids[:, 0], ids[:, 100] = 2, 3  # [CLS], [SEP]
+    seg = np.ones_like(ids)
+    seg[:, 200:] = 0  # padding
+    out = jax.jit(lambda k: mask_tokens(k, ids, seg, None, rate=0.15, mask_id=4,
+                                        vocab_size=1000, special_ids=[0, 2, 3, 4]))(
+        jax.random.key(0))
+    chosen = np.asarray(out["mlm_weights"]).astype(bool)
+    masked = np.asarray(out["input_ids"])
+    maskable = (seg > 0) & (ids > 4)
+    assert not chosen[~maskable].any()  # never specials or padding
+    assert abs(chosen.sum() / maskable.sum() - 0.15) < 0.01
+    became_mask = (masked == 4) & chosen
+    kept = (masked == ids) & chosen
+    assert abs(became_mask.sum() / chosen.sum() - 0.8) < 0.02
+    assert abs(kept.sum() / chosen.sum() - 0.1 - 0.1 / 1000) < 0.02  # + random == original
+    assert abs((chosen & ~became_mask & ~kept).sum() / chosen.sum() - 0.1) < 0.02
+    np.testing.assert_array_equal(masked[~chosen], ids[~chosen])
+    np.testing.assert_array_equal(np.asarray(out["mlm_labels"]), ids)
+
+
+def test_whole_word_masking_takes_every_piece():
+    rng = np.random.default_rng(0)
+    ids = rng.integers(10, 1000, (32, 128)).astype(np.int32)
+    word_start = rng.random((32, 128)) < 0.4
+    word_start[:, 0] = True
+    out = mask_tokens(jax.random.key(3), ids, np.ones_like(ids), word_start, rate=0.15,
+                      mask_id=4, vocab_size=1000, special_ids=[4])
+    chosen = np.asarray(out["mlm_weights"]).astype(bool)
+    word = np.cumsum(word_start, 1)
+    for r in range(32):
+        for w in np.unique(word[r]):
+            sel = chosen[r][word[r] == w]
+            assert sel.all() or not sel.any()
+    assert 0.1 < chosen.mean() < 0.2
+
+
+def test_clm_targets_stay_inside_documents(root):
+    c = config_for(root, "clm")
+    task = make_task(c, init.load_tokenizer(c))
+    ids = jnp.array([[5, 6, 7, 8, 9, 0]])
+    seg = jnp.array([[1, 1, 1, 2, 2, 0]])
+    logits = jax.random.normal(jax.random.key(0), (1, 6, 20))
+    out = type("O", (), {"logits": logits})()
+    loss, weight = task.loss(out, {"input_ids": ids, "segment_ids": seg,
+                                   "weights": jnp.ones(1)})
+    logp = jax.nn.log_softmax(logits)
+    expect = -(logp[0, 0, 6] + logp[0, 1, 7] + logp[0, 3, 9])  # 7->8 crosses; 9->pad is none
+    assert float(weight) == 3 and float(loss) == pytest.approx(float(expect), rel=1e-6)
+
+
+# ------------------------------------------------------------------------------ tasks, steps
+
+def test_task_loads_shards_and_fixed_eval_masks(root):
+    c = config_for(root, "mlm", whole_word=True)
+    task = make_task(c, init.load_tokenizer(c))
+    train = task.load("train")
+    assert train.num_shards == 8 and sorted(train.shard_rows) == list(range(8))
+    for g, (a, b) in train.shard_rows.items():  # a shard's rows hold only its documents
+        assert all(d % 8 == g for e in train.examples[a:b] for d in e["docs"])
+    docs = {d for e in train.examples for d in e["docs"]}
+    assert docs == set(range(160))
+    dev = task.load("dev")
+    assert "mlm_labels" in dev.features and dev.features["mlm_weights"].sum() > 0
+    again = task.load("dev")  # eval masks are fixed by the seed
+    np.testing.assert_array_equal(dev.features["input_ids"], again.features["input_ids"])
+
+
+def test_sharded_batcher_cycles_each_shard_without_repeats():
+    mesh = sharding.make_mesh({"data": -1})
+    n = np.array([5, 7, 6, 9])
+    starts = np.concatenate([[0], np.cumsum(n)])
+    feats = {"input_ids": np.arange(n.sum())[:, None].repeat(4, 1).astype(np.int32),
+             "length": np.full(n.sum(), 4, np.int32)}
+    rows = {g: (int(starts[g]), int(starts[g + 1])) for g in range(4)}
+    b = batching.ShardedBatcher(feats, rows, 4, int(n.sum()), 8, mesh)
+    seen = {g: [] for g in range(4)}
+    for step in range(9):  # 9 steps x 2 rows = 18 draws per shard
+        idx = b.train_indices(step, seed=0)
+        for g in range(4):
+            seen[g] += list(idx[2 * g:2 * g + 2])
+        np.testing.assert_array_equal(idx, b.train_indices(step, seed=0))  # a pure function
+    for g in range(4):
+        a, z = rows[g]
+        draws = np.array(seen[g])
+        assert ((draws >= a) & (draws < z)).all()  # only shard g's rows in its block
+        full_passes = len(draws) // n[g]
+        for p in range(full_passes):  # every pass is a permutation: no repeats, none missed
+            assert sorted(draws[p * n[g]:(p + 1) * n[g]]) == list(range(a, z))
+
+
+def run_steps(config, mesh_spec, n_steps=3):
+    mesh = sharding.make_mesh(mesh_spec, devices=jax.devices()[:int(np.prod(
+        list(mesh_spec.values())))])
+    rules = sharding.rules_from_config(config.sharding_rules)
+    tok = init.load_tokenizer(config)
+    task = make_task(config, tok)
+    split = task.load("train")
+    batcher = batching.ShardedBatcher(split.features, split.shard_rows, split.num_shards,
+                                      split.total_rows, config.train.batch_size, mesh)
+    model, params = init.build(config, task, tok, mesh, rules)
+    tx, lr = optim.make(config.optim, 10)
+    sh = state_lib.shardings(model, tx, mesh, rules)
+    state = state_lib.create(params, tx, sh)
+    step = jax.jit(make_train_step(model, task, tx, lr, config.train.grad_accum, config.seed),
+                   in_shardings=(sh, batcher.sharding), donate_argnums=(0,))
+    losses = []
+    with sharding.use_mesh(mesh, rules):
+        for i in range(n_steps):
+            state, m = step(state, batcher.train_batch(i, config.seed))
+            losses.append(float(m["loss"]))
+    return losses, jax.device_get(state.params), state
+
+
+@pytest.mark.parametrize("objective", ["clm", "mlm"])
+def test_sharded_pretraining_step_equals_single_device(root, objective):
+    c = config_for(root, objective)
+    c.optim.warmup_steps = 1
+    single, single_params, _ = run_steps(c, {"data": 1})
+    losses, params, state = run_steps(c, {"data": 2, "fsdp": 2, "tensor": 2})
+    wi = state.params["layer_0"]["mlp"]["wi"]["kernel"]
+    assert wi.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+    table = "token_embeddings" if objective == "clm" else "embeddings"
+    emb = state.params[table]["embedding" if objective == "clm" else "word_embeddings"]
+    emb = emb if objective == "clm" else emb["embedding"]
+    assert emb.sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
+    np.testing.assert_allclose(losses, single, atol=1e-5)
+    assert losses[-1] < losses[0]
+    for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(single_params), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=2e-5)
+
+
+def test_config_refuses_mismatched_model():
+    with pytest.raises(ValueError, match="objective=clm needs a GPT model; got model=tiny"):
+        load_config("pretrain.py", "objective=clm,model=tiny")
+    with pytest.raises(ValueError, match="objective=mlm needs a BERT model"):
+        load_config("pretrain.py", "objective=mlm,model=gpt-tiny")
+
+
+def test_tfds_text_corpus_with_mock_data():
+    import tensorflow_datasets as tfds
+
+    def source(*args, **kwargs):
+        return [{"text": f"sentence number {i}".encode()} for i in range(10)]
+
+    with tfds.testing.mock_data(as_data_source_fn=source):
+        docs = corpus.from_tfds("lm1b", "train", "", "text")
+        assert len(docs) == 10 and docs.get([3, 7]) == ["sentence number 3", "sentence number 7"]
+        with pytest.raises(DataError, match=r"lm1b\[train\]\[0\] has no 'content' feature"):
+            corpus.from_tfds("lm1b", "train", "", "content").get([0])
+
+
+def test_metrics_jsonl_is_written_by_the_loop_only_once_per_step(root, tmp_path):
+    """A short CLM run end to end: tokenizer trained into the workdir, eval loss/perplexity."""
+    from lmtransfer import main
+
+    c = config_for(root, "clm")
+    c.model.tokenizer = "bpe"
+    c.data.vocab_size = 300
+    c.train.steps, c.train.eval_every, c.train.log_every = 6, 3, 1
+    res = main.run(c, str(tmp_path))
+    assert os.path.exists(tmp_path / "tokenizer" / "tokenizer.json")
+    dev = res["final"]["dev"]
+    assert dev["perplexity"] == pytest.approx(np.exp(dev["loss"]), rel=1e-6)
+    assert 0 <= dev["accuracy"] <= 100 and dev["predicted_tokens"] > 0
+    steps = [json.loads(x)["step"] for x in open(tmp_path / "metrics.jsonl")
+             if json.loads(x)["kind"] == "train"]
+    assert steps == list(range(1, 7))
