@@ -87,8 +87,15 @@ def train_tokenizer(kind: str, texts, vocab_size: int, out_dir: str):
     tokenizer dir, loadable by `load_tokenizer`): `wordpiece` is BERT's (lower-cased,
     `[CLS] a [SEP] b [SEP]` with token types), `bpe` is GPT-2's byte-level BPE (no unknown
     tokens; `<|endoftext|>` ends each document)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from tokenizers import trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     if kind == "wordpiece":

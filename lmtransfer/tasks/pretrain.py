@@ -212,7 +212,8 @@ class PretrainTask(Task):
         logits, targets, w = self._targets(outputs, batch)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
         hit = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
-        return {"nll": jnp.sum(ce * w, -1), "tokens": jnp.sum(w, -1), "correct": jnp.sum(hit * w, -1)}
+        return {"nll": jnp.sum(ce * w, -1), "tokens": jnp.sum(w, -1),
+                "correct": jnp.sum(hit * w, -1)}
 
     def evaluate(self, split, predictions):
         tokens = float(predictions["tokens"].sum())

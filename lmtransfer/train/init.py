@@ -17,8 +17,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from lmtransfer import checkpoints, hf, sharding, tokenization
-from lmtransfer import models
+from lmtransfer import checkpoints, hf, models, sharding, tokenization
 
 log = logging.getLogger(__name__)
 
