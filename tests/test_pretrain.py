@@ -296,3 +296,33 @@ def test_metrics_jsonl_is_written_by_the_loop_only_once_per_step(root, tmp_path)
     steps = [json.loads(x)["step"] for x in open(tmp_path / "metrics.jsonl")
              if json.loads(x)["kind"] == "train"]
     assert steps == list(range(1, 7))
+
+
+def test_fine_tune_from_own_pretrained_bert(root, tmp_path):
+    """MLM pretraining -> its workdir is `init_from` for a classifier: the encoder and the
+    trained tokenizer carry over, the classification head and pooler start fresh."""
+    from flax import traverse_util
+
+    from lmtransfer import checkpoints, main
+    from tests.glue_data import make_glue
+
+    c = config_for(root, "mlm")
+    c.model.tokenizer, c.data.vocab_size = "wordpiece", 300
+    c.train.steps, c.train.eval_every = 4, 0
+    main.run(c, str(tmp_path / "mlm"))
+    _, pretrained, meta = checkpoints.load_model(str(tmp_path / "mlm"))
+    assert meta["head"] == "mlm"
+
+    ft = load_config("glue.py", f"task=sst2,model={tmp_path / 'mlm'}")
+    ft.data.dir = make_glue(str(tmp_path / "glue"), n_train=32)
+    tok = init.load_tokenizer(ft)
+    assert tok.name_or_path == str(tmp_path / "mlm" / "tokenizer")
+    mesh = sharding.make_mesh({"data": -1})
+    task = make_task(ft, tok)
+    model, params = init.build(ft, task, tok, mesh, sharding.DEFAULT_RULES)
+    assert model.head == "classification"
+    flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
+    src = traverse_util.flatten_dict(jax.device_get(pretrained), sep="/")
+    encoder = [k for k in flat if k.startswith(("layer_", "embeddings/"))]
+    assert encoder and all(np.array_equal(flat[k], src[k]) for k in encoder)
+    assert "classifier/kernel" in flat and "classifier/kernel" not in src

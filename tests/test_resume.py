@@ -4,6 +4,7 @@ an uninterrupted run's; checkpoints are never half-written; one workdir, one run
 import fcntl
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -45,8 +46,8 @@ def losses(workdir):
     return out
 
 
-def start_and_interrupt(glue_root, workdir, sig, after_step=22):
-    proc = subprocess.Popen(command(glue_root, workdir), cwd=REPO, env=env(),
+def start_and_interrupt(glue_root, workdir, sig, after_step=22, cmd=None):
+    proc = subprocess.Popen(cmd or command(glue_root, workdir), cwd=REPO, env=env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     metrics = os.path.join(workdir, "metrics.jsonl")
     deadline = time.time() + 300
@@ -71,13 +72,13 @@ def reference(glue_root, tmp_path_factory):
     return ref
 
 
-def finished_steps_restore(workdir):
+def finished_steps_restore(workdir, steps_per_epoch=5):
     """Every step the manager lists restores (nothing half-written poses as finished)."""
     mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
     steps = mngr.all_steps()
     for s in steps:
         meta = mngr.restore(s, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-        assert meta["data"]["epoch"] * 5 + meta["data"]["batch"] == s  # 5 batches per epoch
+        assert meta["data"]["epoch"] * steps_per_epoch + meta["data"]["batch"] == s
     mngr.close()
     return steps
 
@@ -125,3 +126,39 @@ def test_second_run_on_same_workdir_is_refused(glue_root, tmp_path):
                            capture_output=True, text=True, timeout=300)
     assert r.returncode != 0
     assert "is in use by another run (pid 4242)" in r.stderr
+
+
+def test_pretraining_kill_9_then_resume_matches_uninterrupted(tmp_path):
+    """The same for causal-LM pretraining on per-shard data (ShardedBatcher), dropout on."""
+    from tests.corpus_data import corpus_tokenizer, make_corpus
+
+    root = make_corpus(str(tmp_path / "corpus"))
+    corpus_tokenizer(root, "bpe")
+
+    def cmd(workdir):
+        return [sys.executable, "-m", "lmtransfer.main", "--config",
+                f"configs/pretrain.py:objective=clm,model=gpt-tiny,tokenizer={root}/tok_bpe,"
+                f"steps=40", f"--config.data.train_files={root}/train.txt",
+                f"--config.data.eval_files={root}/eval.jsonl", "--config.data.max_length=32",
+                "--config.train.batch_size=16", "--config.train.log_every=1",
+                "--config.train.checkpoint_every=5", "--config.train.eval_every=0",
+                "--workdir", str(workdir)]
+
+    r = subprocess.run(cmd(tmp_path / "ref"), cwd=REPO, env=env(), capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    reference = losses(tmp_path / "ref")
+    workdir = tmp_path / "run"
+    proc = start_and_interrupt(None, workdir, signal.SIGKILL, after_step=17, cmd=cmd(workdir))
+    assert proc.returncode == -signal.SIGKILL
+    rows = int(re.search(r"-> (\d+) rows", r.stderr).group(1))
+    steps = finished_steps_restore(workdir, steps_per_epoch=-(-rows // 16))
+    assert steps and max(steps) < 40
+    r = subprocess.run(cmd(workdir), cwd=REPO, env=env(), capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resumed from step {max(steps)}" in r.stderr
+    resumed = losses(workdir)
+    assert sorted(resumed) == list(range(1, 41))
+    for step in range(max(steps) + 1, 41):
+        assert resumed[step] == pytest.approx(reference[step], abs=1e-6), step
