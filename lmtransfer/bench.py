@@ -19,18 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-# Dense bf16/fp32 peak FLOP/s per device kind, for MFU (None: unknown, e.g. CPUs).
-PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5p": 459e12,
-              "TPU v6 lite": 918e12, "NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H200": 989e12,
-              "NVIDIA A100-SXM4-80GB": 312e12}
+from lmtransfer import perf
 
 
-def train_flops(config, batch: int, length: int) -> float:
-    """Forward+backward FLOPs of a BERT step: 6 per matmul weight per token + attention."""
-    h, layers, ffn = config.hidden_size, config.num_hidden_layers, config.intermediate_size
-    matmul_params = layers * (4 * h * h + 2 * h * ffn) + h * h  # + pooler
-    attention = layers * 2 * 2 * length * h  # QK^T and PV, per token, forward
-    return 3 * batch * length * (2 * matmul_params + attention)
+def train_flops(model, batch: int, length: int) -> float:
+    return perf.train_flops_per_token(model, length) * batch * length
 
 
 def _timeit(fn, steps):
@@ -70,7 +63,7 @@ def lmtransfer_step(path, batch, length):
         box["state"], m = step(box["state"], data)
         jax.block_until_ready(m)
 
-    return run, model.config
+    return run, model
 
 
 def torch_step(path, batch, length):
@@ -104,18 +97,18 @@ def main(argv=None):
         from lmtransfer.hf import packaged_minilm
         a.model = packaged_minilm()
     kind = jax.devices()[0].device_kind
-    peak = PEAK_FLOPS.get(kind)
+    peak = perf.peak_flops()
     print(f"device: {kind} x{jax.device_count()}; batch {a.batch}; model {a.model}")
     print("| seq len | framework | step s | tokens/s | TFLOP/s | MFU |")
     print("|---:|---|---:|---:|---:|---:|")
     for length in (int(x) for x in a.lengths.split(",")):
-        ours, config = lmtransfer_step(a.model, a.batch, length)
+        ours, model = lmtransfer_step(a.model, a.batch, length)
         peer = torch_step(a.model, a.batch, length)
         times = {"lmtransfer (JAX)": [], "transformers (PyTorch)": []}
         for _ in range(2):  # alternate so background load is shared
             times["lmtransfer (JAX)"].append(_timeit(ours, a.steps))
             times["transformers (PyTorch)"].append(_timeit(peer, a.steps))
-        flops = train_flops(config, a.batch, length)
+        flops = train_flops(model, a.batch, length)
         for name, ts in times.items():
             t = min(ts)
             mfu = f"{flops / t / peak:.1%}" if peak else "n/a"

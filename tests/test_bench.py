@@ -1,14 +1,22 @@
 """The benchmark's analytic FLOPs and its table (run on the tiny shapes)."""
 
-from lmtransfer import bench
-from lmtransfer.models import BertConfig
+import pytest
+
+from lmtransfer import bench, perf
+from lmtransfer.models import from_preset
 
 
-def test_train_flops_bert_base():
-    c = BertConfig.preset("bert-base")
+def test_train_flops_bert_base_and_gpt2():
+    model = from_preset("bert-base", "classification", 2)
     # 6 * N_matmul * tokens dominates: 12 layers x 7.08M weights + pooler 0.59M = 85.5M.
-    flops = bench.train_flops(c, batch=1, length=128)
+    flops = bench.train_flops(model, batch=1, length=128)
     assert abs(flops / (6 * 85.5e6 * 128) - 1) < 0.05
+    # GPT-2 small: 85M in the blocks + the 38.6M tied output projection = 123.5M matmul
+    # weights; attention adds 12 * 12 * 1024 * 768 per token at length 1024.
+    gpt2 = from_preset("gpt2", "lm")
+    assert perf.matmul_weights(gpt2) == 12 * (4 * 768 ** 2 + 2 * 768 * 3072) + 768 * 50257
+    assert perf.train_flops_per_token(gpt2, 1024) == pytest.approx(
+        6 * 123.56e6 + 12 * 12 * 1024 * 768, rel=1e-3)
 
 
 def test_bench_runs_and_prints_both_frameworks(minilm_path, capsys):

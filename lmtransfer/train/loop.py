@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lmtransfer import checkpoints, hf, logs, sharding
+from lmtransfer import checkpoints, hf, logs, perf, sharding
 from lmtransfer.data import batching
 from lmtransfer.train import evaluate as eval_lib
 from lmtransfer.train import init, optim
@@ -151,18 +151,22 @@ def train(config, workdir: str) -> dict:
                 ckpt.save(step, state, meta_model, {"data": batcher.position(step), "best": best})
                 saved[0] = step
 
-        meter, pending = _Meter(start), None
+        meter, pending = _Meter(start, jax.device_count(), perf.peak_flops()), None
         progress = _progress(total, start)
         results = {}
         with sharding.use_mesh(mesh, rules):
             for step in range(start, total):
                 idx = batcher.train_indices(step, config.seed)
-                state, metrics = step_fn(state, batcher.assemble(idx))
+                batch = batcher.assemble(idx)
+                state, metrics = step_fn(state, batch)
                 if step == start:  # the first step compiles: time from its end
                     jax.block_until_ready(metrics)
                     meter.restart()
                 else:
-                    meter.tokens += batcher.tokens(idx)
+                    tokens = batcher.tokens(idx)
+                    meter.tokens += tokens
+                    meter.flops += tokens * perf.train_flops_per_token(
+                        model, batch["input_ids"].shape[1])
                 if pending is not None:  # read the previous step's metrics: no device stall
                     _log_step(writer, progress, meter, *pending, t.log_every, total)
                 pending = (step + 1, metrics, batcher.position(step))
@@ -183,7 +187,8 @@ def train(config, workdir: str) -> dict:
                 jax.block_until_ready(state)
                 train_seconds, tokens_per_s = meter.train_seconds(), meter.tokens_per_s()
                 results = {"final": run_eval(total), "final_step": total, "best": best,
-                           "train_seconds": train_seconds, "train_tokens_per_s": tokens_per_s}
+                           "train_seconds": train_seconds, "train_tokens_per_s": tokens_per_s,
+                           "train_tflops_per_device": meter.rates()["tflops_per_device"]}
                 save(total)
                 ckpt.mngr.wait_until_finished()
                 _write_outputs(config, workdir, task, eval_fn, eval_splits, mesh, rules, buckets,
@@ -231,14 +236,23 @@ def _progress(total, start):
 
 
 class _Meter:
-    """Training throughput, excluding compilation (first step) and evaluation time."""
+    """Training throughput, excluding compilation (first step) and evaluation time: tokens/s,
+    and from the analytic FLOPs (lmtransfer.perf) TFLOP/s per device and MFU."""
 
-    def __init__(self, step: int):
-        self.step0 = step
+    def __init__(self, step: int, devices: int, peak: float | None):
+        self.step0, self.devices, self.peak = step, devices, peak
         self.restart()
 
     def restart(self):
-        self.t0, self.eval_s, self.tokens, self.last = time.perf_counter(), 0.0, 0, None
+        self.t0, self.eval_s, self.last = time.perf_counter(), 0.0, None
+        self.tokens, self.flops = 0, 0.0
+
+    def rates(self) -> dict:
+        per_device = self.flops / max(self.train_seconds(), 1e-9) / self.devices
+        out = {"tokens_per_s": self.tokens_per_s(), "tflops_per_device": per_device / 1e12}
+        if self.peak:
+            out["mfu"] = per_device / self.peak
+        return out
 
     @contextlib.contextmanager
     def paused(self):
@@ -264,6 +278,6 @@ def _log_step(writer, progress, meter, step, metrics, position, every, total):
     if step % every and step != total:
         return
     m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    m.update(tokens_per_s=meter.tokens_per_s(), step_time_s=meter.step_time(step), **position)
+    m.update(**meter.rates(), step_time_s=meter.step_time(step), **position)
     progress.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{m['tokens_per_s']:.0f}")
     writer.write(step, m)

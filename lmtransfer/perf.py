@@ -1,0 +1,45 @@
+"""Performance accounting: analytic training FLOPs of a model and per-device peaks, so
+tokens/s becomes TFLOP/s per device and MFU (model FLOPs utilisation) the same way for every
+framework and device.
+
+FLOPs per token of a training step (forward + backward = 3 x forward):
+  6 x (weights of every matmul, the output projection included; embedding lookups are free)
+  + 12 x layers x length x hidden   (attention scores QK^T and the weighted sum PV)
+Causal attention is counted in full, as PaLM's MFU does.
+"""
+
+from __future__ import annotations
+
+import jax
+
+# Dense bf16 peak FLOP/s per device kind (jax device_kind), for MFU.
+PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5p": 459e12,
+              "TPU v6 lite": 918e12, "NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H200": 989e12,
+              "NVIDIA A100-SXM4-80GB": 312e12}
+
+
+def matmul_weights(model) -> int:
+    """Weights that take part in a matmul per token for `model` (Bert or Gpt with its head)."""
+    c = model.config
+    h, layers = c.hidden_size, c.num_hidden_layers
+    n = layers * (4 * h * h + 2 * h * c.intermediate_size)
+    head = model.head
+    if head in ("lm", "mlm", "pretraining"):
+        n += h * c.vocab_size + (h * h if head != "lm" else 0)  # (+ MLM transform)
+    if model.arch == "bert" and model.has_pooler:
+        n += h * h
+    if head in ("classification", "token_classification"):
+        n += h * model.num_labels
+    if head == "qa":
+        n += 2 * h
+    return n
+
+
+def train_flops_per_token(model, length: int) -> float:
+    c = model.config
+    return 6 * matmul_weights(model) + 12 * c.num_hidden_layers * length * c.hidden_size
+
+
+def peak_flops(device=None) -> float | None:
+    """The device's dense peak (None where unknown, e.g. CPUs: benchmarks measure one)."""
+    return PEAK_FLOPS.get((device or jax.devices()[0]).device_kind)
