@@ -20,7 +20,8 @@ the last fraction of the train documents when there are no eval_files), document
 line | file: what one document of a text file is), text_field, tfds_name / tfds_train_split /
 tfds_eval_split / tfds_data_dir, max_length (row length, 128), shards (8: documents are split
 into this many shards; a process reads only its own, see lmtransfer.data.batching),
-vocab_size / tokenizer_docs (tokenizer training), mask_rate (0.15), whole_word (mlm).
+vocab_size / tokenizer_docs (tokenizer training), mask_rate (0.15), whole_word (mlm),
+sentence_pairs ('' | nsp | sop: BERT's second objective on [CLS] A [SEP] B [SEP] rows, mlm).
 """
 
 from lmtransfer import config as config_lib
@@ -44,7 +45,8 @@ def get_config(arg=None):
     c.data = config_lib.data_config(
         source="files", train_files="", eval_files="", eval_fraction=0.0, document="paragraph",
         text_field="text", tfds_name="", tfds_train_split="train", tfds_eval_split="",
-        shards=8, vocab_size=8192, tokenizer_docs=0, mask_rate=0.15, whole_word=False)
+        shards=8, vocab_size=8192, tokenizer_docs=0, mask_rate=0.15, whole_word=False,
+        sentence_pairs="")
     if model in ("minilm",) or "/" in model:
         apply_model(c, model)  # pretrained BERT weights and their tokenizer
     else:

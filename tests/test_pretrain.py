@@ -326,3 +326,37 @@ def test_fine_tune_from_own_pretrained_bert(root, tmp_path):
     encoder = [k for k in flat if k.startswith(("layer_", "embeddings/"))]
     assert encoder and all(np.array_equal(flat[k], src[k]) for k in encoder)
     assert "classifier/kernel" in flat and "classifier/kernel" not in src
+
+
+@pytest.mark.parametrize("mode", ["sop", "nsp"])
+def test_sentence_pair_rows(mode):
+    docs = [list(range(10, 40)), list(range(100, 107)), [7], list(range(200, 260))]
+    out = corpus.sentence_pairs(docs, 16, cls=1, sep=2, mode=mode, rng=np.random.default_rng(0),
+                                doc_ids=[0, 1, 2, 3])
+    assert out["skipped"] == 1  # the one-token document cannot be split, and says so
+    labels = out["pair_label"]
+    assert 0 < labels.mean() < 1
+    for r in range(len(labels)):
+        ids, types = out["input_ids"][r], out["token_type_ids"][r]
+        n = out["length"][r]
+        assert ids[0] == 1 and ids[n - 1] == 2 and (ids[n:] == 0).all()
+        first_sep = list(ids).index(2)
+        a, b = ids[1:first_sep], ids[first_sep + 1:n - 1]
+        assert (types[:first_sep + 1] == 0).all() and (types[first_sep + 1:n] == 1).all()
+        assert len(a) and len(b)
+        same_doc = a[0] // 100 == b[0] // 100 if min(a[0], b[0]) >= 100 else (
+            (a[0] < 100) == (b[0] < 100))
+        if mode == "sop":  # one document; label 1 <=> B comes before A
+            assert same_doc and (labels[r] == 1) == (b[-1] < a[0])
+        elif labels[r] == 0:  # nsp: label 0 <=> B is A's continuation
+            assert b[0] == a[-1] + 1
+
+
+def test_mlm_with_sentence_order_prediction_trains(root, tmp_path):
+    from lmtransfer import main
+
+    c = config_for(root, "mlm", sentence_pairs="sop")
+    c.train.steps, c.train.eval_every = 3, 0
+    res = main.run(c, str(tmp_path))
+    dev = res["final"]["dev"]
+    assert 0 <= dev["sop_accuracy"] <= 100 and dev["sop_loss"] > 0 and dev["loss"] > 0

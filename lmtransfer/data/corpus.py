@@ -209,3 +209,58 @@ def tokenize(tokenizer, texts: list[str], word_starts: bool = False):
         words = enc.word_ids(i)
         starts.append([w is None or j == 0 or words[j - 1] != w for j, w in enumerate(words)])
     return ids, starts
+
+
+PAIR_MODES = ("nsp", "sop")
+
+
+def sentence_pairs(token_lists: list[list[int]], max_length: int, *, cls: int, sep: int,
+                   mode: str, rng: np.random.Generator,
+                   doc_ids: list[int]) -> dict[str, np.ndarray]:
+    """Rows `[CLS] A [SEP] B [SEP]` for BERT's second objective (one pair per row, no packing).
+
+    Each document is cut into consecutive spans of up to max_length - 3 tokens; each span is
+    split at a random token into A and B. `sop` (sentence-order prediction, ALBERT): B and A
+    swap places with probability 1/2 (label 1 = swapped). `nsp` (next-sentence prediction,
+    BERT): B is replaced with probability 1/2 by a span of the same length from another
+    document (label 1 = random). Spans of one token cannot be split; they are counted in
+    `skipped` (a [n]-free scalar) rather than silently lost. token_type_ids are 0 for
+    [CLS] A [SEP] and 1 for B [SEP]; A and B are one segment (they may attend to each other).
+    """
+    if mode not in PAIR_MODES:
+        raise ValueError(f"config.data.sentence_pairs={mode!r}; use one of {PAIR_MODES} or ''")
+    room = max_length - 3
+    spans = [(d, t[a:a + room]) for d, t in zip(doc_ids, token_lists, strict=True)
+             for a in range(0, len(t), room)]
+    rows, skipped = [], 0
+    for d, span in spans:
+        if len(span) < 2:
+            skipped += 1
+            continue
+        cut = int(rng.integers(1, len(span)))
+        a, b, label = span[:cut], span[cut:], int(rng.random() < 0.5)
+        if label and mode == "sop":
+            a, b = b, a
+        elif label:  # nsp: B from another document (if there is one)
+            others = [s for e, s in spans if e != d]
+            if not others:
+                label = 0
+            else:
+                other = others[int(rng.integers(len(others)))]
+                start = int(rng.integers(0, max(len(other) - len(b), 0) + 1))
+                b = other[start:start + len(b)]
+        rows.append(([cls] + a + [sep], b + [sep], label, d))
+    n = len(rows)
+    out = {k: np.zeros((n, max_length), np.int32)
+           for k in ("input_ids", "segment_ids", "position_ids", "token_type_ids")}
+    for r, (first, second, _, _) in enumerate(rows):
+        ids = first + second
+        out["input_ids"][r, :len(ids)] = ids
+        out["segment_ids"][r, :len(ids)] = 1
+        out["position_ids"][r, :len(ids)] = np.arange(len(ids))
+        out["token_type_ids"][r, len(first):len(ids)] = 1
+    out["pair_label"] = np.array([r[2] for r in rows], np.int32)
+    out["length"] = out["segment_ids"].sum(1).astype(np.int32)
+    out["doc"] = np.array([[r[3]] for r in rows], np.int64).reshape(n, 1)
+    out["skipped"] = skipped
+    return out

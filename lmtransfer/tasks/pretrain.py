@@ -8,6 +8,11 @@
        Training masks are drawn on the device from (seed, step) each step (dynamic masking,
        exact on resume); eval masks are drawn once per split from the seed, so eval loss is
        comparable between runs, batch sizes and meshes.
+       `sentence_pairs=nsp|sop` adds BERT's next-sentence or ALBERT's sentence-order
+       prediction on `[CLS] A [SEP] B [SEP]` rows (lmtransfer.data.corpus.sentence_pairs);
+       its summed loss is weighted by mask_rate x max_length (the expected masked tokens per
+       row), so the two objectives count about equally, as BERT's mean + mean does, while
+       sums still add exactly over microbatches.
 
 Eval reports the token-weighted loss, perplexity = exp(loss) and accuracy (predicted token ==
 target) over the predicted tokens. The corpus side is lmtransfer.data.corpus.
@@ -124,6 +129,14 @@ class PretrainTask(Task):
             self.prefix, self.suffix = [], [end]
         self.special_ids = sorted(set(tok.all_special_ids))
         self.whole_word = self.objective == "mlm" and bool(self.data.whole_word)
+        self.pairs = self.data.sentence_pairs if self.objective == "mlm" else ""
+        if self.data.sentence_pairs and not self.pairs:
+            raise ValueError("config.data.sentence_pairs needs objective=mlm")
+        if self.pairs and self.whole_word:
+            raise ValueError("config.data.whole_word with sentence_pairs is not supported; "
+                             "turn one of them off")
+        if self.pairs:
+            self.head = "pretraining"
 
     def eval_splits(self):
         return ("dev",)
@@ -141,8 +154,11 @@ class PretrainTask(Task):
             num_shards, owned = 1, [0]
         parts, shard_rows, examples, at = [], {}, [], 0
         shards = corpus.shard_documents(len(docs), owned, num_shards)
+        skipped = 0
         for g, doc_idx in shards.items():
-            packed = self._pack(docs, doc_idx)
+            packed = self._pack(docs, doc_idx, np.random.default_rng(
+                [self.config.seed, g, split == "train"]))
+            skipped += packed.pop("skipped", 0)
             examples += [{"shard": g, "docs": [int(d) for d in row if d >= 0]}
                          for row in packed.pop("doc")]
             shard_rows[g] = (at, at + len(packed["length"]))
@@ -150,7 +166,10 @@ class PretrainTask(Task):
             parts.append(packed)
         features = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         features["attention_mask"] = (features["segment_ids"] > 0).astype(np.int32)
-        features["token_type_ids"] = np.zeros_like(features["input_ids"])
+        features.setdefault("token_type_ids", np.zeros_like(features["input_ids"]))
+        if skipped:
+            log.warning("%s: %d one-token spans could not be split into a sentence pair and "
+                        "are not used (config.data.sentence_pairs)", split, skipped)
         total = at
         if jax.process_count() > 1 and split == "train":
             from jax.experimental import multihost_utils
@@ -167,13 +186,17 @@ class PretrainTask(Task):
             out.shard_rows, out.num_shards, out.total_rows = shard_rows, num_shards, total
         return out
 
-    def _pack(self, docs, doc_idx):
+    def _pack(self, docs, doc_idx, rng):
         tokens, starts = [], []
         for a in range(0, len(doc_idx), 1000):
             chunk = doc_idx[a:a + 1000]
             ids, st = corpus.tokenize(self.tokenizer, docs.get(chunk), self.whole_word)
             tokens += ids
             starts += st or []
+        if self.pairs:
+            return corpus.sentence_pairs(tokens, self.data.max_length, cls=self.prefix[0],
+                                         sep=self.suffix[0], mode=self.pairs, rng=rng,
+                                         doc_ids=list(doc_idx))
         return corpus.pack(tokens, self.data.max_length, prefix=self.prefix, suffix=self.suffix,
                            doc_ids=list(doc_idx), start_lists=starts if self.whole_word else None)
 
@@ -203,26 +226,44 @@ class PretrainTask(Task):
         w = ((seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)).astype(jnp.float32)
         return outputs.logits[:, :-1], batch["input_ids"][:, 1:], w * batch["weights"][:, None]
 
+    def _pair_loss(self, outputs, batch):
+        """Per-row sentence-pair cross-entropy and hits (weight-0 rows give 0)."""
+        logits = outputs.seq_relationship_logits
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["pair_label"])
+        hit = (jnp.argmax(logits, -1) == batch["pair_label"]).astype(jnp.float32)
+        return ce * batch["weights"], hit * batch["weights"]
+
     def loss(self, outputs, batch):
         logits, targets, w = self._targets(outputs, batch)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-        return jnp.sum(ce * w), jnp.sum(w)
+        total = jnp.sum(ce * w)
+        if self.pairs:
+            total += self.data.mask_rate * self.data.max_length * jnp.sum(
+                self._pair_loss(outputs, batch)[0])
+        return total, jnp.sum(w)
 
     def predict(self, outputs, batch):
         logits, targets, w = self._targets(outputs, batch)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
         hit = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
-        return {"nll": jnp.sum(ce * w, -1), "tokens": jnp.sum(w, -1),
-                "correct": jnp.sum(hit * w, -1)}
+        out = {"nll": jnp.sum(ce * w, -1), "tokens": jnp.sum(w, -1),
+               "correct": jnp.sum(hit * w, -1)}
+        if self.pairs:
+            out["pair_nll"], out["pair_correct"] = self._pair_loss(outputs, batch)
+        return out
 
     def evaluate(self, split, predictions):
         tokens = float(predictions["tokens"].sum())
         if not tokens:
             raise ValueError(f"{split.name}: no token was predicted (empty split?)")
         loss = float(predictions["nll"].sum()) / tokens
-        return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)),
+        out = {"loss": loss, "perplexity": math.exp(min(loss, 700.0)),
                 "accuracy": 100 * float(predictions["correct"].sum()) / tokens,
                 "predicted_tokens": tokens}
+        if self.pairs:
+            out[f"{self.pairs}_loss"] = float(predictions["pair_nll"].mean())
+            out[f"{self.pairs}_accuracy"] = 100 * float(predictions["pair_correct"].mean())
+        return out
 
     def write_predictions(self, split, predictions, out_dir):
         return []  # per-token predictions of a corpus are not worth their disk
