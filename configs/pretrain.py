@@ -14,6 +14,8 @@ Args (`:k=v,...`):
              on the train corpus into <workdir>/tokenizer) or a tokenizer dir
   steps      optimizer steps (default 2000); lr (default 5e-4, cosine decay after warmup)
 
+Model fields: `--config.model.positions=rotary` (GPT), `model.remat`, `model.dtype=bfloat16`.
+
 Data fields (`--config.data.<field>`): source (files | tfds), train_files / eval_files
 (comma-separated paths or globs; .jsonl = one {"text": ...} per line), eval_fraction (dev =
 the last fraction of the train documents when there are no eval_files), document (paragraph |
@@ -55,6 +57,8 @@ def get_config(arg=None):
             c.model.tokenizer = "bpe" if a.objective == "clm" else "wordpiece"
     if a.tokenizer != "train":
         c.model.tokenizer = a.tokenizer
+    if a.objective == "clm":
+        c.model.positions = "learned"  # or rotary (GPT only)
     c.train.steps, c.train.batch_size, c.train.eval_batch_size = a.steps, 32, 32
     c.train.eval_every, c.train.checkpoint_every = 200, 500
     c.optim.update(lr=a.lr, warmup_steps=100, warmup_ratio=0.0, decay="cosine",

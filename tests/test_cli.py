@@ -78,3 +78,18 @@ def test_deprecations_from_lmtransfer_are_errors():
     with pytest.raises(DeprecationWarning):
         exec("import warnings\nwarnings.warn('old API', DeprecationWarning)",
              {"__name__": "lmtransfer.somewhere"})
+
+
+def test_distributed_flags_need_all_three(monkeypatch):
+    from lmtransfer.main import init_distributed
+
+    for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        monkeypatch.delenv(k, raising=False)
+    assert init_distributed("auto") is False  # no coordinator: a single-process run
+    assert init_distributed("off", "localhost:1234", 2, 0) is False
+    with pytest.raises(ValueError, match="needs --num_processes and --process_id"):
+        init_distributed("auto", "localhost:1234")
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "localhost:1234")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+    with pytest.raises(ValueError, match="needs --num_processes and --process_id"):
+        init_distributed("auto")  # env gives the address and count but no process id

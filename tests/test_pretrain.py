@@ -360,3 +360,47 @@ def test_mlm_with_sentence_order_prediction_trains(root, tmp_path):
     res = main.run(c, str(tmp_path))
     dev = res["final"]["dev"]
     assert 0 <= dev["sop_accuracy"] <= 100 and dev["sop_loss"] > 0 and dev["loss"] > 0
+
+
+def test_continued_mlm_pretraining_of_packaged_minilm(root, tmp_path, minilm_path):
+    """model=minilm: the real encoder and its tokenizer, a fresh MLM head (MiniLM ships none)."""
+    from lmtransfer import checkpoints, hf, main
+
+    c = load_config("pretrain.py", "objective=mlm,model=minilm,steps=2")
+    assert c.init_from == hf.packaged_minilm() and c.model.tokenizer == ""
+    c.data.train_files = os.path.join(root, "train.txt")
+    c.data.eval_files = os.path.join(root, "eval.jsonl")
+    c.data.max_length, c.train.batch_size, c.train.eval_batch_size = 32, 8, 32
+    c.train.eval_every = 0
+    res = main.run(c, str(tmp_path))
+    assert res["final"]["dev"]["loss"] > 0
+    _, params, meta = checkpoints.load_model(str(tmp_path))
+    assert meta["head"] == "mlm" and meta["config"]["hidden_size"] == 384
+    assert params["mlm"]["bias"].shape == (30522,)
+
+
+def test_rotary_from_the_config(root):
+    c = config_for(root, "clm")
+    c.model.positions = "rotary"
+    tok = init.load_tokenizer(c)
+    mesh = sharding.make_mesh({"data": -1})
+    model, params = init.build(c, make_task(c, tok), tok, mesh, sharding.DEFAULT_RULES)
+    assert model.config.positions == "rotary" and "position_embeddings" not in params
+    assert model.config.vocab_size % 128 == 0 and model.config.vocab_size >= len(tok)
+
+
+def test_task_reads_tfds_text_with_a_held_out_dev(root):
+    import tensorflow_datasets as tfds
+
+    def source(*args, **kwargs):
+        return [{"text": f"the king speaks to the queen number {i}".encode()} for i in range(40)]
+
+    c = config_for(root, "clm", source="tfds", tfds_name="lm1b", eval_fraction=0.25)
+    with tfds.testing.mock_data(as_data_source_fn=source):
+        task = make_task(c, init.load_tokenizer(c))
+        train, dev = task.load("train"), task.load("dev")
+    assert {d for e in train.examples for d in e["docs"]} == set(range(30))
+    assert {d for e in dev.examples for d in e["docs"]} == set(range(10))  # renumbered 30..39
+    c.data.max_examples.train = 5
+    with pytest.raises(ValueError, match="max_examples is not used by pretraining"):
+        make_task(c, init.load_tokenizer(c))

@@ -113,6 +113,10 @@ class PretrainTask(Task):
 
     def __init__(self, config, tokenizer):
         self.config, self.data, self.tokenizer = config, config.data, tokenizer
+        if config.data.max_examples.train or config.data.max_examples.dev:
+            raise ValueError("config.data.max_examples is not used by pretraining: choose the "
+                             "documents with train_files / eval_files and the length with "
+                             "config.train.steps")
         self.objective = config.task
         self.head = OBJECTIVES[self.objective]
         tok = tokenizer

@@ -81,6 +81,8 @@ def build(config, task, tokenizer, mesh, rules):
     if config.model.preset:
         multiple = max(config.model.vocab_multiple, 1)
         vocab = -(-len(tokenizer) // multiple) * multiple
+        if config.model.get("positions"):  # GPT configs only
+            overrides["positions"] = config.model.positions
         model = models.from_preset(config.model.preset, task.head, task.num_labels,
                                    vocab_size=vocab, **overrides)
         variables, _ = sharding.init_sharded(model.init, mesh, rules, jax.random.key(config.seed),
