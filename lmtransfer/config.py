@@ -58,7 +58,9 @@ def finetune_config() -> ml_collections.ConfigDict:
         b1=0.9, b2=0.999, eps=1e-8, max_grad_norm=1.0))
     c.train = ml_collections.ConfigDict(dict(
         batch_size=32, eval_batch_size=64, epochs=3.0, steps=0, grad_accum=1,
-        eval_every=0, log_every=10, checkpoint_every=200, keep_checkpoints=2, export_hf=False))
+        eval_every=0, log_every=10, checkpoint_every=200, keep_checkpoints=2, export_hf=False,
+        # NaN/Inf loss or gradients stop the run (naming the step); True skips such updates.
+        skip_nonfinite=False))
     c.data = data_config(
         source="glue", glue_task="", text_column="text", text_pair_column="",
         label_column="label", id_column="", labels=(), regression=False, metric="",
@@ -146,6 +148,60 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.mode not in MODES:
         raise ValueError(f"config.mode={config.mode!r}; use one of {MODES}")
     sharding.rules_from_config(config.sharding_rules)  # the mesh is checked when it is made
+
+
+# Fields a rerun in the same workdir may change: they don't change what the run computes.
+RESUME_MAY_CHANGE = ("mode", "train.log_every", "train.eval_every", "train.checkpoint_every",
+                     "train.keep_checkpoints", "train.export_hf", "train.eval_batch_size")
+# What a train run writes into its workdir (removed by --overwrite).
+RUN_OUTPUTS = ("checkpoints", "best", "tb", "predictions", "hf", "tokenizer", "metrics.jsonl",
+               "results.json", "eval_results.json", "predict_results.json", "config.json")
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def changes(old: dict, new: dict) -> list[str]:
+    """`key: old -> new` for every field that differs, except RESUME_MAY_CHANGE."""
+    a, b = _flat(old), _flat(new)
+    return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+            for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and k not in RESUME_MAY_CHANGE]
+
+
+def claim_workdir(config: ml_collections.ConfigDict, workdir: str, overwrite: bool,
+                  remove: bool = True) -> None:
+    """A train run owns its workdir: rerunning with the same config resumes; a different
+    config is refused (naming the fields) unless `overwrite`, which first removes the old
+    run's outputs (`remove`: this process does the removing; every process checks)."""
+    import shutil
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        old = json.load(f)
+    diff = changes(old, json.loads(config.to_json_best_effort()))
+    if not diff:
+        return
+    if not overwrite:
+        shown = "; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")
+        raise ValueError(f"{workdir} holds a run with a different config ({shown}). Rerun with "
+                         "the same config to resume it, use a new --workdir, or pass "
+                         "--overwrite to discard that run")
+    for name in RUN_OUTPUTS if remove else ():
+        p = os.path.join(workdir, name)
+        if os.path.isdir(p):
+            shutil.rmtree(p)
+        elif os.path.exists(p):
+            os.remove(p)
 
 
 def dump(config: ml_collections.ConfigDict, path: str) -> None:

@@ -1,6 +1,8 @@
 """The command line: `python -m lmtransfer.main --config configs/<file>.py[:k=v] --workdir DIR`.
 
-The config's `mode` picks what runs; the resolved config is written to `DIR/config.json`.
+The config's `mode` picks what runs; the resolved config is written to `DIR/config.json`
+(`DIR/<mode>_config.json` for eval / predict, which read a trained workdir). A train run owns
+its workdir: the same command resumes it, a different config is refused unless --overwrite.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:args].",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for everything the run writes.")
 flags.mark_flags_as_required(["config", "workdir"])
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Discard the outputs of an earlier train run with a different config "
+    "in --workdir (by default such a workdir is refused).")
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "on", "off"],
     "Multi-host: 'on' calls jax.distributed.initialize() (on TPU VMs and clusters JAX detects "
@@ -40,14 +45,21 @@ MODES = {"convert": "lmtransfer.convert:run", "train": "lmtransfer.train.loop:tr
 log = logging.getLogger("lmtransfer")
 
 
-def run(config, workdir: str) -> dict:
+def run(config, workdir: str, overwrite: bool = False) -> dict:
     """Runs `config.mode` in `workdir` (the library entry point behind the CLI)."""
     import jax
 
     config_lib.validate(config)
     os.makedirs(workdir, exist_ok=True)
+    if config.mode == "train":
+        config_lib.claim_workdir(config, workdir, overwrite, remove=jax.process_index() == 0)
+        if jax.process_count() > 1:  # the others wait for process 0's check / clean-up
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("lmtransfer:workdir")
     if jax.process_index() == 0:
-        config_lib.dump(config, os.path.join(workdir, "config.json"))
+        name = f"{config.mode}_config.json" if config.mode in ("eval", "predict") else (
+            "config.json")
+        config_lib.dump(config, os.path.join(workdir, name))
     module, fn = MODES[config.mode].split(":")
     result = getattr(importlib.import_module(module), fn)(config, workdir)
     if jax.process_index() == 0:
@@ -93,7 +105,7 @@ def main(argv):
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file at INFO
     init_distributed(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
                      _PROCESS_ID.value)
-    run(_CONFIG.value, os.path.abspath(_WORKDIR.value))
+    run(_CONFIG.value, os.path.abspath(_WORKDIR.value), _OVERWRITE.value)
 
 
 if __name__ == "__main__":

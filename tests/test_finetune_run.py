@@ -96,6 +96,14 @@ def test_resume_of_finished_run_and_head_mismatch(trained, tmp_path):
     config, workdir, _ = trained
     c = load_config("glue.py", "task=stsb,model=tiny")
     c.data.dir = config.data.dir
-    with pytest.raises(ValueError, match="holds a classification model with 2 labels but the "
-                                         "task needs classification with 1"):
+    with pytest.raises(ValueError, match=r"holds a run with a different config \(data.glue_task: "
+                                         r"'rte' -> 'stsb'; .*pass --overwrite"):
         main.run(c, workdir)
+    # Without the config file (an older run), the checkpoint itself refuses the other head.
+    os.rename(os.path.join(workdir, "config.json"), os.path.join(workdir, "config.json.bak"))
+    try:
+        with pytest.raises(ValueError, match="holds a classification model with 2 labels but "
+                                             "the task needs classification with 1"):
+            main.run(c, workdir)
+    finally:
+        os.replace(os.path.join(workdir, "config.json.bak"), os.path.join(workdir, "config.json"))

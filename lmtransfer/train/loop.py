@@ -111,13 +111,16 @@ def train(config, workdir: str) -> dict:
         state_sh = state_lib.shardings(model, tx, mesh, rules)
         meta_model = checkpoints.model_meta(model, task.id2label)
         best = (ckpt.best_meta() or {}).get("best")
+        guard = _NonFiniteGuard(t.skip_nonfinite, ckpt)
         if ckpt.latest_step() is not None:
             state, meta = ckpt.restore(state_lib.abstract(model, tx, state_sh))
+            guard.skipped = meta.get("skipped_updates", 0)
             log.info("resumed from step %d (%s)", int(state.step), meta.get("data"))
         else:
             state = state_lib.create(params, tx, state_sh)
         del params
-        step_fn = jax.jit(make_train_step(model, task, tx, lr, t.grad_accum, config.seed),
+        step_fn = jax.jit(make_train_step(model, task, tx, lr, t.grad_accum, config.seed,
+                                          t.skip_nonfinite),
                           in_shardings=(state_sh, batcher.sharding),
                           out_shardings=(state_sh, sharding.replicated(mesh)),
                           donate_argnums=(0,))
@@ -148,7 +151,10 @@ def train(config, workdir: str) -> dict:
 
         def save(step):
             if saved[0] != step:
-                ckpt.save(step, state, meta_model, {"data": batcher.position(step), "best": best})
+                if pending is not None:  # never checkpoint a non-finite state
+                    guard.check(*pending[:2])
+                ckpt.save(step, state, meta_model, {"data": batcher.position(step), "best": best,
+                                                    "skipped_updates": guard.skipped})
                 saved[0] = step
 
         meter, pending = _Meter(start, jax.device_count(), perf.peak_flops()), None
@@ -168,10 +174,12 @@ def train(config, workdir: str) -> dict:
                     meter.flops += tokens * perf.train_flops_per_token(
                         model, batch["input_ids"].shape[1])
                 if pending is not None:  # read the previous step's metrics: no device stall
-                    _log_step(writer, progress, meter, *pending, t.log_every, total)
+                    guard.check(*pending[:2])
+                    _log_step(writer, progress, meter, *pending, t.log_every, total, guard)
                 pending = (step + 1, metrics, batcher.position(step))
                 done = step + 1
                 if t.eval_every and done % t.eval_every == 0 and done < total:
+                    guard.check(*pending[:2])
                     jax.block_until_ready(state)  # train compute is not eval time
                     with meter.paused():
                         run_eval(done)
@@ -182,13 +190,15 @@ def train(config, workdir: str) -> dict:
                 if t.checkpoint_every and done % t.checkpoint_every == 0:
                     save(done)
             if pending is not None:
-                _log_step(writer, progress, meter, *pending, 1, total)
+                guard.check(*pending[:2])
+                _log_step(writer, progress, meter, *pending, 1, total, guard)
             if int(state.step) >= total:
                 jax.block_until_ready(state)
                 train_seconds, tokens_per_s = meter.train_seconds(), meter.tokens_per_s()
                 results = {"final": run_eval(total), "final_step": total, "best": best,
                            "train_seconds": train_seconds, "train_tokens_per_s": tokens_per_s,
-                           "train_tflops_per_device": meter.rates()["tflops_per_device"]}
+                           "train_tflops_per_device": meter.rates()["tflops_per_device"],
+                           "skipped_updates": guard.skipped}
                 save(total)
                 ckpt.mngr.wait_until_finished()
                 _write_outputs(config, workdir, task, eval_fn, eval_splits, mesh, rules, buckets,
@@ -273,11 +283,43 @@ class _Meter:
         return (now - prev) / max(step - prev_step, 1)
 
 
-def _log_step(writer, progress, meter, step, metrics, position, every, total):
+class _NonFiniteGuard:
+    """Stops the run at the first NaN/Inf loss or gradient norm, naming the step, the values
+    and the last good checkpoint (none is ever written from a non-finite state); with
+    `config.train.skip_nonfinite` it counts the skipped updates instead."""
+
+    def __init__(self, skip: bool, ckpt):
+        self.skip, self.ckpt, self.skipped, self.checked = skip, ckpt, 0, 0
+
+    def check(self, step: int, metrics) -> None:
+        if step <= self.checked:
+            return
+        self.checked = step
+        if not float(metrics["nonfinite"]):  # a scalar of a finished (or finishing) step
+            return
+        loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
+        if self.skip:
+            self.skipped += 1
+            log.warning("step %d: loss=%s grad_norm=%s; update skipped (%d so far)", step,
+                        loss, grad_norm, self.skipped)
+            return
+        self.ckpt.mngr.wait_until_finished()
+        last = self.ckpt.latest_step()
+        where = (f"the last good checkpoint is step {last} in {self.ckpt.mngr.directory} "
+                 "(rerunning resumes from it)" if last is not None else
+                 "no checkpoint was written yet")
+        raise FloatingPointError(
+            f"step {step}: loss={loss} grad_norm={grad_norm} is not finite; training stopped "
+            f"and {where}. Lower config.optim.lr (or raise optim.warmup_*), or set "
+            "config.train.skip_nonfinite=True to skip such updates")
+
+
+def _log_step(writer, progress, meter, step, metrics, position, every, total, guard):
     progress.update(1)
     if step % every and step != total:
         return
     m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    m.update(**meter.rates(), step_time_s=meter.step_time(step), **position)
+    m.update(**meter.rates(), step_time_s=meter.step_time(step), **position,
+             skipped_updates=guard.skipped)
     progress.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{m['tokens_per_s']:.0f}")
     writer.write(step, m)

@@ -28,7 +28,11 @@ def _split_microbatches(batch, k: int):
     return jax.tree.map(split, batch)
 
 
-def make_train_step(model, task, tx, lr_schedule, grad_accum: int, seed: int):
+def make_train_step(model, task, tx, lr_schedule, grad_accum: int, seed: int,
+                    skip_nonfinite: bool = False):
+    """The jitted-to-be train step. `metrics["nonfinite"]` is 1 when the loss or the gradient
+    norm is NaN/Inf; with `skip_nonfinite` such an update is not applied (params and
+    optimizer state stay as they were; the step count still advances with the data)."""
     def loss_fn(params, batch, rng):
         loss_sum, weight = task.loss(_apply(model, params, batch, False, rng), batch)
         return loss_sum, weight
@@ -56,9 +60,15 @@ def make_train_step(model, task, tx, lr_schedule, grad_accum: int, seed: int):
         grads = jax.tree.map(lambda g: g / denom, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss_sum / denom, "weight": weight,
-                   "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params),
-                   "lr": lr_schedule(state.step)}
+        loss, grad_norm = loss_sum / denom, optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        if skip_nonfinite:
+            keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+            params = jax.tree.map(keep, params, state.params)
+            opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+        metrics = {"loss": loss, "weight": weight, "grad_norm": grad_norm,
+                   "param_norm": optax.tree.norm(params), "lr": lr_schedule(state.step),
+                   "nonfinite": (~finite).astype(jnp.float32)}
         return TrainState(state.step + 1, params, opt_state), metrics
 
     return train_step
