@@ -10,6 +10,7 @@ never leaves a half-written checkpoint that looks finished.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 
@@ -98,8 +99,18 @@ def load_model(path: str, mesh=None, rules=sharding_lib.DEFAULT_RULES, **config_
     return model, params, meta
 
 
+class CheckpointError(RuntimeError):
+    """Writing a checkpoint failed (e.g. a full disk); earlier checkpoints are intact."""
+
+
 class TrainCheckpointer:
-    """The training loop's checkpoints: async keep-N saves for resuming, plus the best."""
+    """The training loop's checkpoints: async keep-N saves for resuming, plus the best.
+
+    A save that fails (in the background for async saves; Orbax reports it at the next save or
+    wait) raises CheckpointError naming the last complete checkpoint: the failed one was never
+    renamed from its temporary directory, so it can't be mistaken for a finished one, and the
+    keep-N clean-up only ever runs after a save completes.
+    """
 
     def __init__(self, workdir: str, keep: int):
         workdir = os.path.abspath(workdir)
@@ -115,8 +126,31 @@ class TrainCheckpointer:
     def latest_step(self) -> int | None:
         return self.mngr.latest_step()
 
+    @contextlib.contextmanager
+    def _failures(self, what: str):
+        try:
+            yield
+        except CheckpointError:
+            raise
+        except Exception as e:  # Orbax re-raises the background thread's error as it was
+            self.mngr.reload()
+            last = self.mngr.latest_step()
+            raise CheckpointError(
+                f"{what} in {self.mngr.directory} failed ({type(e).__name__}: {e}). "
+                + (f"The last complete checkpoint is step {last}; fix the cause (e.g. free "
+                   "disk space) and rerun the same command to resume from it."
+                   if last is not None else "No checkpoint is complete yet.")) from e
+
     def save(self, step: int, state, model_meta: dict, meta: dict) -> None:
         """Starts an async save (returns once arrays are copied off the devices)."""
+        with self._failures(f"saving checkpoint {step} (or the save before it)"):
+            self._save(step, state, model_meta, meta)
+
+    def wait(self) -> None:
+        with self._failures("finishing the last checkpoint save"):
+            self.mngr.wait_until_finished()
+
+    def _save(self, step: int, state, model_meta: dict, meta: dict) -> None:
         self.mngr.save(step, args=ocp.args.Composite(
             params=ocp.args.StandardSave(state.params),
             opt=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state}),
@@ -135,12 +169,20 @@ class TrainCheckpointer:
         return state, r.meta
 
     def save_best(self, step: int, params, model_meta: dict, meta: dict) -> None:
-        for old in self.best.all_steps():
-            if old != step:
-                self.best.delete(old)
+        with self._failures(f"saving the best checkpoint (step {step})"):
+            self._save_best(step, params, model_meta, meta)
+
+    def _save_best(self, step: int, params, model_meta: dict, meta: dict) -> None:
+        # The old best goes only after the new one is complete: a failed save leaves it.
+        if step in self.best.all_steps():  # the same step again, after a resume
+            self.best.delete(step)
         self.best.save(step, args=ocp.args.Composite(
             params=ocp.args.StandardSave(params), model=ocp.args.JsonSave(model_meta),
             meta=ocp.args.JsonSave(meta)), force=True)
+        self.best.wait_until_finished()
+        for old in self.best.all_steps():
+            if old != step:
+                self.best.delete(old)
 
     def best_meta(self) -> dict | None:
         step = self.best.latest_step()
@@ -149,6 +191,6 @@ class TrainCheckpointer:
         return self.best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
 
     def close(self) -> None:
-        self.mngr.wait_until_finished()
+        self.wait()
         self.mngr.close()
         self.best.close()

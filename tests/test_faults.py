@@ -1,14 +1,18 @@
-"""Fault handling: non-finite losses, a workdir claimed by another config."""
+"""Fault handling: kill -9 in every phase, non-finite losses, a workdir claimed by another
+config, a checkpoint save that fails."""
 
 import json
 import os
+import signal
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from lmtransfer import checkpoints, main
+from lmtransfer import checkpoints, faults, main
 from tests.configs_loader import load_config
 from tests.glue_data import make_glue
 
@@ -83,3 +87,108 @@ def test_workdir_of_another_config_is_refused_unless_overwrite(glue_root, tmp_pa
     main.run(ev, str(tmp_path))  # eval reads the workdir; it keeps the train config
     assert json.load(open(tmp_path / "config.json"))["mode"] == "train"
     assert json.load(open(tmp_path / "eval_config.json"))["mode"] == "eval"
+
+
+# ------------------------------------------------------------------ kill -9 at every phase
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KILLS = ("step:7", "save:10", "eval:15", "step:23", "save:30", "eval:35")
+
+
+def command(glue_root, workdir):
+    return [sys.executable, "-m", "lmtransfer.main", "--config",
+            "configs/glue.py:task=sst2,model=tiny", f"--config.data.dir={glue_root}",
+            "--config.train.steps=40", "--config.train.batch_size=8",
+            "--config.train.eval_batch_size=8", "--config.train.log_every=1",
+            "--config.train.checkpoint_every=5", "--config.train.eval_every=5",
+            "--config.train.keep_checkpoints=2", "--config.optim.lr=1e-3",
+            "--workdir", str(workdir)]
+
+
+def run(glue_root, workdir, kill_at=None):
+    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    env.pop(faults.ENV, None)
+    if kill_at:
+        env[faults.ENV] = kill_at
+    return subprocess.run(command(glue_root, workdir), cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def train_losses(workdir):
+    """step -> loss; a resumed run re-logs steps after its checkpoint and the last one wins."""
+    out = {}
+    for row in map(json.loads, open(os.path.join(workdir, "metrics.jsonl"))):
+        if row["kind"] == "train":
+            out[row["step"]] = row["loss"]
+    return out
+
+
+def complete_steps(workdir):
+    mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+    steps = mngr.all_steps()
+    for s in steps:  # every listed step restores: nothing half-written poses as finished
+        mngr.restore(s, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    mngr.close()
+    return steps
+
+
+def test_six_kill_9s_at_step_save_and_eval_then_equal_to_uninterrupted(glue_root, tmp_path):
+    ref = run(glue_root, tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    workdir = tmp_path / "killed"
+    resume_from = None
+    for kill_at in KILLS:
+        r = run(glue_root, workdir, kill_at)
+        assert r.returncode == -signal.SIGKILL, (kill_at, r.stderr[-3000:])
+        assert (f"resumed from step {resume_from} " in r.stderr if resume_from else
+                "resumed from" not in r.stderr), kill_at
+        point, step = kill_at.split(":")
+        steps = complete_steps(workdir)
+        # step:N / eval:N die before checkpoint N is written; save:N while writing it (if it
+        # had already finished, it must restore like any other). A kill may also land while
+        # an earlier async save is still in flight: that one is then not complete either.
+        assert max(steps, default=0) <= int(step) - (point != "save"), (kill_at, steps)
+        resume_from = max(steps, default=None)
+        assert not os.path.exists(workdir / "results.json")  # no partial results
+    r = run(glue_root, workdir)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert resume_from and f"resumed from step {resume_from} " in r.stderr
+    got, want = train_losses(workdir), train_losses(tmp_path / "ref")
+    assert sorted(got) == list(range(1, 41))
+    for step in want:
+        assert got[step] == pytest.approx(want[step], abs=1e-6), step
+    _, p_got, _ = checkpoints.load_model(str(workdir / "checkpoints" / "40"))
+    _, p_want, _ = checkpoints.load_model(str(tmp_path / "ref" / "checkpoints" / "40"))
+    for a, b in zip(jax.tree.leaves(p_got), jax.tree.leaves(p_want), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    final = [json.load(open(w / "results.json"))["final"]["dev"] for w in (workdir,
+                                                                            tmp_path / "ref")]
+    assert final[0]["accuracy"] == final[1]["accuracy"]
+    assert final[0]["loss"] == pytest.approx(final[1]["loss"], abs=1e-6)
+
+
+def test_failed_checkpoint_save_keeps_the_previous_one(glue_root, tmp_path, monkeypatch):
+    """The disk fills while checkpoint 6 is written: the run stops with an error naming the
+    last complete checkpoint, which restores; the same command then resumes from it."""
+    import errno
+
+    from orbax.checkpoint._src.path import atomicity
+
+    finalize = atomicity.AtomicRenameTemporaryPath.finalize
+
+    async def disk_full(self, *args, **kwargs):
+        if self.get_final().name == "6":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return await finalize(self, *args, **kwargs)
+
+    c = tiny(glue_root, steps=10, checkpoint_every=3, keep_checkpoints=1)
+    monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", disk_full)
+    with pytest.raises(checkpoints.CheckpointError,
+                       match=r"No space left on device\). The last complete checkpoint is step "
+                             r"3; .*rerun the same command"):
+        main.run(c, str(tmp_path))
+    assert complete_steps(tmp_path) == [3]  # keep_checkpoints=1 did not drop it for 6
+    assert not os.path.exists(tmp_path / "results.json")
+    monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", finalize)
+    res = main.run(c, str(tmp_path))
+    assert res["final_step"] == 10 and complete_steps(tmp_path) == [10]

@@ -13,7 +13,7 @@ import time
 import jax
 import numpy as np
 
-from lmtransfer import checkpoints, logs, sharding
+from lmtransfer import checkpoints, faults, logs, sharding
 from lmtransfer.data import batching
 from lmtransfer.tasks.base import Split
 
@@ -43,6 +43,7 @@ def predict_split(eval_step, params, split: Split, batch_size: int, mesh, bucket
                 outputs[k] = np.zeros((len(split),) + v.shape[1:], v.dtype)
             outputs[k][idx[valid]] = v[valid]
         loss_sum, weight = loss_sum + float(l_sum), weight + float(w)
+        faults.point("eval")
     rate = len(split) / max(time.perf_counter() - start, 1e-9)
     return outputs, (loss_sum / weight if split.labelled and weight else None), rate
 

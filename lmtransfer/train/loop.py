@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lmtransfer import checkpoints, hf, logs, perf, sharding
+from lmtransfer import checkpoints, faults, hf, logs, perf, sharding
 from lmtransfer.data import batching
 from lmtransfer.train import evaluate as eval_lib
 from lmtransfer.train import init, optim
@@ -156,6 +156,7 @@ def train(config, workdir: str) -> dict:
                 ckpt.save(step, state, meta_model, {"data": batcher.position(step), "best": best,
                                                     "skipped_updates": guard.skipped})
                 saved[0] = step
+                faults.point("save", step)
 
         meter, pending = _Meter(start, jax.device_count(), perf.peak_flops()), None
         progress = _progress(total, start)
@@ -165,6 +166,8 @@ def train(config, workdir: str) -> dict:
                 idx = batcher.train_indices(step, config.seed)
                 batch = batcher.assemble(idx)
                 state, metrics = step_fn(state, batch)
+                faults.at_step(step + 1)
+                faults.point("step")
                 if step == start:  # the first step compiles: time from its end
                     jax.block_until_ready(metrics)
                     meter.restart()
@@ -200,7 +203,7 @@ def train(config, workdir: str) -> dict:
                            "train_tflops_per_device": meter.rates()["tflops_per_device"],
                            "skipped_updates": guard.skipped}
                 save(total)
-                ckpt.mngr.wait_until_finished()
+                ckpt.wait()
                 _write_outputs(config, workdir, task, eval_fn, eval_splits, mesh, rules, buckets,
                                tokenizer, results)
         progress.close()
@@ -303,7 +306,7 @@ class _NonFiniteGuard:
             log.warning("step %d: loss=%s grad_norm=%s; update skipped (%d so far)", step,
                         loss, grad_norm, self.skipped)
             return
-        self.ckpt.mngr.wait_until_finished()
+        self.ckpt.wait()
         last = self.ckpt.latest_step()
         where = (f"the last good checkpoint is step {last} in {self.ckpt.mngr.directory} "
                  "(rerunning resumes from it)" if last is not None else
