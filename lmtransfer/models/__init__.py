@@ -4,6 +4,7 @@ from lmtransfer.models.bert import HEADS, PRESETS, Bert, BertConfig, BertOutput
 from lmtransfer.models.gpt import Gpt, GptConfig
 
 ARCHS = {"bert": (Bert, BertConfig), "gpt": (Gpt, GptConfig)}
+HEADS_OF = {"bert": tuple(h for h in HEADS if h), "gpt": ("lm",)}
 
 
 def from_preset(name: str, head: str | None, num_labels: int = 2, **overrides):

@@ -74,11 +74,12 @@ def _run_splits(config, workdir, which: str, result_file: str):
 
     mesh = sharding.make_mesh(config.mesh.to_dict())
     rules = sharding.rules_from_config(config.sharding_rules)
-    task = make_task(config, init.load_tokenizer(config))
+    tokenizer = init.load_tokenizer(config, workdir)
+    task = make_task(config, tokenizer)
     model, params, meta = checkpoints.load_model(workdir, mesh=mesh, rules=rules,
                                                  **init.config_overrides(config))
     log.info("restored %s (head=%s)", checkpoints.resolve(workdir), meta["head"])
-    init.check_fits(config, model)
+    init.check_fits(config, model, tokenizer)
     names = task.eval_splits() if which == "eval" else task.test_splits()
     splits = [task.load(s) for s in names]
     step = jax.jit(make_eval_step(model, task))

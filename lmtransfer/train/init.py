@@ -59,10 +59,19 @@ def config_overrides(config) -> dict:
     return out
 
 
-def check_fits(config, model) -> None:
-    """Inputs longer than the model's position table would silently read garbage."""
+def check_fits(config, model, tokenizer) -> None:
+    """Inputs the model can't represent would silently read garbage: ids past its vocabulary
+    (a gather clamps them) or positions past its position table."""
+    vocab = model.config.vocab_size
+    if len(tokenizer) > vocab:
+        raise ValueError(
+            f"the tokenizer ({tokenizer.name_or_path}) has {len(tokenizer)} tokens but the "
+            f"model (config.init_from={config.init_from or config.model.preset!r}) has a "
+            f"vocabulary of {vocab}: they don't belong together. Use the model's own tokenizer "
+            "(config.model.tokenizer='') or a model trained with this tokenizer")
     limit = model.config.max_position_embeddings
-    if config.data.max_length > limit:
+    learned = getattr(model.config, "positions", "learned") == "learned"
+    if learned and config.data.max_length > limit:
         raise ValueError(f"config.data.max_length={config.data.max_length} exceeds the model's "
                          f"max_position_embeddings={limit}; lower config.data.max_length")
 
@@ -75,6 +84,12 @@ def build(config, task, tokenizer, mesh, rules):
                                   seed=config.seed, mesh=mesh, rules=rules, **overrides)
     if src:
         source_model, source_params, _ = checkpoints.load_model(src, **overrides)
+        if task.head not in models.HEADS_OF[source_model.arch]:
+            raise ValueError(
+                f"config.init_from={src} holds a {source_model.arch.upper()} model, which has "
+                f"no {task.head!r} head (it has {models.HEADS_OF[source_model.arch]}); "
+                f"config.task={config.task} needs a "
+                f"{'GPT' if task.head == 'lm' else 'BERT'} checkpoint")
         model = type(source_model)(source_model.config, head=task.head,
                                    num_labels=task.num_labels)
         return model, transfer(source_params, model, config.seed, mesh, rules, src)

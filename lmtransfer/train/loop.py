@@ -107,7 +107,7 @@ def train(config, workdir: str) -> dict:
     with workdir_lock(workdir):
         ckpt = checkpoints.TrainCheckpointer(workdir, t.keep_checkpoints)
         model, params = _model_for(config, task, tokenizer, mesh, rules, ckpt)
-        init.check_fits(config, model)
+        init.check_fits(config, model, tokenizer)
         state_sh = state_lib.shardings(model, tx, mesh, rules)
         meta_model = checkpoints.model_meta(model, task.id2label)
         best = (ckpt.best_meta() or {}).get("best")
