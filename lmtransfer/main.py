@@ -35,6 +35,11 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
                                       "Number of processes (env JAX_NUM_PROCESSES).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None,
                                    "This process's index (env JAX_PROCESS_ID).")
+_INIT_TIMEOUT = flags.DEFINE_integer(
+    "distributed_timeout", 300, "Seconds to wait for every process to join before failing.")
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout", 100, "Seconds without a heartbeat after which a process counts as "
+    "dead and every other process stops with an error (instead of hanging in a collective).")
 
 # mode -> "module:function(config, workdir) -> dict"
 MODES = {"convert": "lmtransfer.convert:run", "train": "lmtransfer.train.loop:train",
@@ -67,7 +72,8 @@ def run(config, workdir: str, overwrite: bool = False) -> dict:
     return result
 
 
-def init_distributed(mode: str, coordinator=None, num_processes=None, process_id=None):
+def init_distributed(mode: str, coordinator=None, num_processes=None, process_id=None,
+                     init_timeout: int = 300, heartbeat_timeout: int = 100):
     """Joins the multi-host job (before anything touches a device). Flags win over the
     environment variables JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID."""
     env = os.environ
@@ -83,7 +89,9 @@ def init_distributed(mode: str, coordinator=None, num_processes=None, process_id
                          "JAX_NUM_PROCESSES / JAX_PROCESS_ID)")
     import jax
 
-    jax.distributed.initialize(coordinator, num_processes, process_id)
+    jax.distributed.initialize(coordinator, num_processes, process_id,
+                               initialization_timeout=init_timeout,
+                               heartbeat_timeout_seconds=heartbeat_timeout)
     log.info("process %d of %d (%d local devices, %d in all)", jax.process_index(),
              jax.process_count(), jax.local_device_count(), jax.device_count())
     return True
@@ -104,7 +112,7 @@ def main(argv):
     logging.getLogger().setLevel(logging.INFO)
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file at INFO
     init_distributed(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
-                     _PROCESS_ID.value)
+                     _PROCESS_ID.value, _INIT_TIMEOUT.value, _HEARTBEAT.value)
     run(_CONFIG.value, os.path.abspath(_WORKDIR.value), _OVERWRITE.value)
 
 

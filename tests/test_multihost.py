@@ -23,10 +23,10 @@ def root(tmp_path_factory):
     return root
 
 
-def command(root, workdir, *extra):
+def command(root, workdir, *extra, steps=STEPS):
     return [sys.executable, "-m", "lmtransfer.main", "--config",
             f"configs/pretrain.py:objective=clm,model=gpt-tiny,tokenizer={root}/tok_bpe,"
-            f"steps={STEPS}",
+            f"steps={steps}",
             f"--config.data.train_files={root}/train.txt",
             f"--config.data.eval_files={root}/eval.jsonl", "--config.data.max_length=32",
             "--config.train.batch_size=16", "--config.train.eval_batch_size=16",
@@ -82,3 +82,29 @@ def test_two_processes_equal_one_and_read_disjoint_shards(root, tmp_path):
     assert re.search(r"train: 160 documents", one.stderr)
     # Only process 0 writes logs and results.
     assert os.path.exists(tmp_path / "two" / "results.json")
+
+
+def test_a_dead_process_stops_the_other_instead_of_hanging(root, tmp_path):
+    """kill -9 one of two processes mid-training: the survivor exits with an error within a
+    bounded time (heartbeat 10 s), it does not wait in a collective forever."""
+    import signal
+    import time
+
+    port = free_port()
+    cmds = [command(root, tmp_path / "run", f"--coordinator_address=localhost:{port}",
+                    "--num_processes=2", f"--process_id={i}", "--heartbeat_timeout=10",
+                    steps=200) for i in range(2)]
+    procs = [subprocess.Popen(c, cwd=REPO, env=env(4), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for c in cmds]
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics.exists() and len(losses(tmp_path / "run")) >= 3):
+        assert all(p.poll() is None for p in procs), procs[0].stderr.read()[-3000:]
+        time.sleep(0.2)
+    procs[1].send_signal(signal.SIGKILL)
+    killed = time.time()
+    procs[0].wait(timeout=240)
+    waited = time.time() - killed
+    assert procs[0].returncode != 0
+    assert waited < 120, waited
+    assert not (tmp_path / "run" / "results.json").exists()
