@@ -3,6 +3,7 @@ config, a checkpoint save that fails."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +13,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from lmtransfer import checkpoints, faults, main
+from lmtransfer import checkpoints, faults, main, sharding
+from lmtransfer.models import from_preset
 from tests.configs_loader import load_config
 from tests.glue_data import make_glue
 
@@ -192,3 +194,62 @@ def test_failed_checkpoint_save_keeps_the_previous_one(glue_root, tmp_path, monk
     monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", finalize)
     res = main.run(c, str(tmp_path))
     assert res["final_step"] == 10 and complete_steps(tmp_path) == [10]
+
+
+# ---------------------------------------------------------------------- bad input matrix
+
+def _checkpoint(path, preset, head, **overrides):
+    """A random model saved as an lmtransfer checkpoint (no tokenizer beside it)."""
+    model = from_preset(preset, head, 2, **overrides)
+    params = sharding.unbox(model.init(jax.random.key(0), np.zeros((1, 4), np.int32)))
+    checkpoints.save_model(str(path), 0, model, params["params"])
+    return str(path)
+
+
+def _bad_utf8(root):
+    with open(os.path.join(root, "SST-2", "train.tsv"), "ab") as f:
+        f.write(b"caf\xe9 au lait\t1\n")
+
+
+def _unknown_dev_label(root):
+    with open(os.path.join(root, "SST-2", "dev.tsv"), "a") as f:
+        f.write("odd\t7\n")
+
+
+BAD_INPUTS = {  # name -> (how to break a working config, the error it must give)
+    "missing data file": (lambda c, tmp: setattr(c.data, "dir", str(tmp / "nowhere")),
+                          r"nowhere/SST-2/train.tsv: file not found"),
+    "non-UTF-8 bytes": (lambda c, tmp: _bad_utf8(c.data.dir),
+                        r"SST-2/train.tsv:66: bytes that are not UTF-8"),
+    "unknown label at eval": (lambda c, tmp: _unknown_dev_label(c.data.dir),
+                              r"SST-2/dev.tsv:23: label '7' is not in the label set"),
+    "tokenizer larger than the vocabulary": (  # the MiniLM tokenizer, a 300-token model
+        lambda c, tmp: setattr(c, "init_from", _checkpoint(tmp / "bert", "tiny", None,
+                                                           vocab_size=300)),
+        r"has 30522 tokens but the model \(config.init_from=.*/bert\) has a vocabulary of 300"),
+    "checkpoint of another architecture": (
+        lambda c, tmp: setattr(c, "init_from", _checkpoint(tmp / "gpt", "gpt-tiny", "lm")),
+        r"config.init_from=.*/gpt holds a GPT model, which has no 'classification' head"),
+    "batch not divisible by data parallelism": (
+        lambda c, tmp: setattr(c.train, "batch_size", 12),
+        r"config.train.batch_size=12 must be divisible by data x fsdp = 8"),
+    "mesh larger than the devices": (
+        lambda c, tmp: setattr(c.mesh, "data", 16),
+        r"config.mesh=.* needs 16 devices but 8 are available"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_gives_one_clear_error_and_no_results(case, tmp_path):
+    """Each bad input stops the run before training with an error naming the file / line or
+    the config key, and leaves no results or checkpoints that could pass for a run. (More in
+    test_cli, test_classification_data, test_ner, test_qa, test_pretrain, test_bad_input.)"""
+    c = tiny(make_glue(str(tmp_path / "glue"), n_train=64))
+    breaks, message = BAD_INPUTS[case]
+    breaks(c, tmp_path)
+    with pytest.raises(ValueError) as e:
+        main.run(c, str(tmp_path / "run"))
+    assert re.search(message, str(e.value)), str(e.value)
+    assert not os.path.exists(tmp_path / "run" / "results.json")
+    assert not os.listdir(tmp_path / "run" / "checkpoints") if os.path.exists(
+        tmp_path / "run" / "checkpoints") else True

@@ -1,5 +1,6 @@
-"""Exact resume: kill -9 / SIGTERM a training process, rerun, and the per-step losses equal
-an uninterrupted run's; checkpoints are never half-written; one workdir, one run."""
+"""Exact resume: SIGTERM (preemption) / kill -9 a training process, rerun, and the per-step
+losses equal an uninterrupted run's; one workdir, one run. (Kill -9 in every phase of a
+fine-tuning run: tests/test_faults.py.)"""
 
 import fcntl
 import json
@@ -57,7 +58,9 @@ def start_and_interrupt(glue_root, workdir, sig, after_step=22, cmd=None):
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(sig)
+    sent = time.time()
     proc.wait(timeout=120)
+    proc.seconds_to_exit = time.time() - sent
     return proc
 
 
@@ -83,29 +86,11 @@ def finished_steps_restore(workdir, steps_per_epoch=5):
     return steps
 
 
-def test_kill_9_then_resume_matches_uninterrupted(glue_root, tmp_path, reference):
-    workdir = tmp_path / "run"
-    proc = start_and_interrupt(glue_root, workdir, signal.SIGKILL)
-    assert proc.returncode == -signal.SIGKILL
-    steps = finished_steps_restore(workdir)
-    assert steps and max(steps) < STEPS
-    assert not os.path.exists(workdir / "results.json")
-    r = subprocess.run(command(glue_root, workdir), cwd=REPO, env=env(), capture_output=True,
-                       text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert f"resumed from step {max(steps)}" in r.stderr
-    resumed = losses(workdir)
-    assert sorted(resumed) == list(range(1, STEPS + 1))
-    for step in range(max(steps) + 1, STEPS + 1):  # steps run after the resume
-        assert resumed[step] == pytest.approx(reference[step], abs=1e-6), step
-    leftovers = [p for p in os.listdir(workdir / "checkpoints") if "tmp" in p]
-    assert not leftovers
-
-
 def test_sigterm_saves_and_resumes(glue_root, tmp_path, reference):
     workdir = tmp_path / "run"
     proc = start_and_interrupt(glue_root, workdir, signal.SIGTERM)
     assert proc.returncode == 0, proc.stderr.read()[-3000:]
+    assert proc.seconds_to_exit < 60  # one step, one checkpoint, then out
     stopped_at = max(losses(workdir))
     assert max(finished_steps_restore(workdir)) == stopped_at  # saved at the step it stopped
     r = subprocess.run(command(glue_root, workdir), cwd=REPO, env=env(), capture_output=True,

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from lmtransfer.data.tables import DataError
+from lmtransfer.data.tables import DataError, read_utf8
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +47,9 @@ def resolve_files(spec: str, key: str) -> list[str]:
     return files
 
 
-def _decode(raw: bytes, where: str) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise DataError(f"{where}:{line}: bytes that are not UTF-8 ({e.reason}); convert the "
-                        "file to UTF-8") from None
-
-
 def file_documents(path: str, document: str, text_field: str) -> Iterator[str]:
     """The non-empty documents of one file, in file order."""
-    with open(path, "rb") as f:
-        text = _decode(f.read(), path)
+    text = read_utf8(path)
     if path.endswith(".jsonl"):
         for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():

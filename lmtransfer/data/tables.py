@@ -33,6 +33,18 @@ def table_format(path: str) -> str:
     return fmt
 
 
+def read_utf8(path: str) -> str:
+    """A file's text; bytes that are not UTF-8 are an error naming the file and line."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: bytes that are not UTF-8 ({e.reason}); convert the "
+                        "file to UTF-8") from None
+
+
 def read_table(path: str, columns: list[str] | None = None, fmt: str | None = None,
                quoting: int = csv.QUOTE_MINIMAL) -> list[Row]:
     """Reads a table. `columns` names the columns of a header-less TSV/CSV (else line 1 is
@@ -40,6 +52,7 @@ def read_table(path: str, columns: list[str] | None = None, fmt: str | None = No
     if not os.path.exists(path):
         raise DataError(f"{path}: file not found")
     fmt = fmt or table_format(path)
+    read_utf8(path)  # fails early, with the line, on bytes that are not UTF-8
     rows = _read_jsonl(path) if fmt == "jsonl" else _read_delimited(path, fmt, columns, quoting)
     if not rows:
         raise DataError(f"{path}: no examples (empty file)")

@@ -66,9 +66,9 @@ def check_fits(config, model, tokenizer) -> None:
     if len(tokenizer) > vocab:
         raise ValueError(
             f"the tokenizer ({tokenizer.name_or_path}) has {len(tokenizer)} tokens but the "
-            f"model (config.init_from={config.init_from or config.model.preset!r}) has a "
-            f"vocabulary of {vocab}: they don't belong together. Use the model's own tokenizer "
-            "(config.model.tokenizer='') or a model trained with this tokenizer")
+            f"model (config.init_from={config.init_from or config.model.preset}) has a "
+            f"vocabulary of {vocab}: they don't belong together. Set config.model.tokenizer to "
+            "the tokenizer the model was trained with")
     limit = model.config.max_position_embeddings
     learned = getattr(model.config, "positions", "learned") == "learned"
     if learned and config.data.max_length > limit:
