@@ -14,11 +14,10 @@ from lmtransfer.data.tables import DataError
 from lmtransfer.models import from_preset
 from lmtransfer.tasks import make_task
 from lmtransfer.tasks.pretrain import mask_tokens
-from lmtransfer.train import init, optim
-from lmtransfer.train import state as state_lib
-from lmtransfer.train.step import make_train_step
+from lmtransfer.train import init
 from tests.configs_loader import load_config
 from tests.corpus_data import corpus_tokenizer, make_corpus
+from tests.test_train_step import run_steps
 
 
 @pytest.fixture(scope="module")
@@ -217,29 +216,6 @@ def test_sharded_batcher_cycles_each_shard_without_repeats():
         full_passes = len(draws) // n[g]
         for p in range(full_passes):  # every pass is a permutation: no repeats, none missed
             assert sorted(draws[p * n[g]:(p + 1) * n[g]]) == list(range(a, z))
-
-
-def run_steps(config, mesh_spec, n_steps=3):
-    mesh = sharding.make_mesh(mesh_spec, devices=jax.devices()[:int(np.prod(
-        list(mesh_spec.values())))])
-    rules = sharding.rules_from_config(config.sharding_rules)
-    tok = init.load_tokenizer(config)
-    task = make_task(config, tok)
-    split = task.load("train")
-    batcher = batching.ShardedBatcher(split.features, split.shard_rows, split.num_shards,
-                                      split.total_rows, config.train.batch_size, mesh)
-    model, params = init.build(config, task, tok, mesh, rules)
-    tx, lr = optim.make(config.optim, 10)
-    sh = state_lib.shardings(model, tx, mesh, rules)
-    state = state_lib.create(params, tx, sh)
-    step = jax.jit(make_train_step(model, task, tx, lr, config.train.grad_accum, config.seed),
-                   in_shardings=(sh, batcher.sharding), donate_argnums=(0,))
-    losses = []
-    with sharding.use_mesh(mesh, rules):
-        for i in range(n_steps):
-            state, m = step(state, batcher.train_batch(i, config.seed))
-            losses.append(float(m["loss"]))
-    return losses, jax.device_get(state.params), state
 
 
 @pytest.mark.parametrize("objective", ["clm", "mlm"])

@@ -31,13 +31,18 @@ def config_for(glue_root, **train):
 
 
 def run_steps(config, mesh_spec, n_steps=3):
+    """(losses, params, state) after `n_steps` of the jitted train step on `mesh_spec`."""
     mesh = sharding.make_mesh(mesh_spec, devices=jax.devices()[:int(np.prod(
         list(mesh_spec.values())))])
     rules = sharding.rules_from_config(config.sharding_rules)
     tok = init.load_tokenizer(config)
     task = make_task(config, tok)
     split = task.load("train")
-    batcher = batching.Batcher(split.features, config.train.batch_size, mesh, (16, 32, 64))
+    if split.shard_rows is not None:  # pretraining: per-shard rows
+        batcher = batching.ShardedBatcher(split.features, split.shard_rows, split.num_shards,
+                                          split.total_rows, config.train.batch_size, mesh)
+    else:
+        batcher = batching.Batcher(split.features, config.train.batch_size, mesh, (16, 32, 64))
     model, params = init.build(config, task, tok, mesh, rules)
     tx, lr = optim.make(config.optim, 10)
     sh = state_lib.shardings(model, tx, mesh, rules)
