@@ -113,7 +113,7 @@ def main(argv):
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file at INFO
     init_distributed(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
                      _PROCESS_ID.value, _INIT_TIMEOUT.value, _HEARTBEAT.value)
-    run(_CONFIG.value, os.path.abspath(_WORKDIR.value), _OVERWRITE.value)
+    run(_CONFIG.value, os.path.abspath(os.path.expanduser(_WORKDIR.value)), _OVERWRITE.value)
 
 
 if __name__ == "__main__":

@@ -109,7 +109,8 @@ def from_tfds(name: str, split: str, data_dir: str, text_field: str) -> Corpus:
     """A TFDS text data set; records are read by index, only those asked for."""
     import tensorflow_datasets as tfds
 
-    source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
+    source = tfds.data_source(name, split=split, data_dir=os.path.expanduser(data_dir) or None,
+                              download=False)
     where = f"tfds {name}[{split}]"
     if not len(source):
         raise DataError(f"{where} is empty")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import os
 import sys
@@ -52,17 +53,18 @@ def read_table(path: str, columns: list[str] | None = None, fmt: str | None = No
     if not os.path.exists(path):
         raise DataError(f"{path}: file not found")
     fmt = fmt or table_format(path)
-    read_utf8(path)  # fails early, with the line, on bytes that are not UTF-8
-    rows = _read_jsonl(path) if fmt == "jsonl" else _read_delimited(path, fmt, columns, quoting)
+    text = read_utf8(path)  # bytes that are not UTF-8 fail here, with the line
+    rows = (_read_jsonl(path, text) if fmt == "jsonl" else
+            _read_delimited(path, text, fmt, columns, quoting))
     if not rows:
         raise DataError(f"{path}: no examples (empty file)")
     return rows
 
 
-def _read_delimited(path, fmt, columns, quoting) -> list[Row]:
+def _read_delimited(path, text, fmt, columns, quoting) -> list[Row]:
     delimiter = "\t" if fmt == "tsv" else ","
     rows = []
-    with open(path, encoding="utf-8-sig", newline="") as f:  # utf-8-sig strips a BOM
+    with io.StringIO(text.removeprefix("\ufeff"), newline="") as f:  # strip a BOM
         reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
         header = columns
         for record in reader:
@@ -79,20 +81,19 @@ def _read_delimited(path, fmt, columns, quoting) -> list[Row]:
     return rows
 
 
-def _read_jsonl(path) -> list[Row]:
+def _read_jsonl(path, content) -> list[Row]:
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line, text in enumerate(f, 1):
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{line}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{line}: expected a JSON object per line")
-            rows.append(Row(line, {k: v if isinstance(v, str) else json.dumps(v)
-                                   for k, v in obj.items()}))
+    for line, text in enumerate(content.split("\n"), 1):
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{line}: not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{line}: expected a JSON object per line")
+        rows.append(Row(line, {k: v if isinstance(v, str) else json.dumps(v)
+                               for k, v in obj.items()}))
     return rows
 
 

@@ -23,6 +23,24 @@ HEADS = (None, "mlm", "nsp", "pretraining", "classification", "token_classificat
 _NO_POOLER = ("mlm", "token_classification", "qa")
 
 
+def check_config(c) -> None:
+    """Checks a BertConfig / GptConfig's shared fields (heads, activation, attention, dtypes)."""
+    if c.hidden_size % c.num_attention_heads:
+        raise ValueError(f"hidden_size={c.hidden_size} is not divisible by "
+                         f"num_attention_heads={c.num_attention_heads}")
+    if c.hidden_act not in layers.ACTIVATIONS:
+        raise ValueError(f"hidden_act={c.hidden_act!r} is not supported; use one of "
+                         f"{sorted(layers.ACTIVATIONS)}")
+    if c.attention not in layers.ATTENTION_IMPLS:
+        raise ValueError(f"attention={c.attention!r}; use one of {layers.ATTENTION_IMPLS}")
+    for f in ("dtype", "param_dtype"):
+        try:
+            jnp.dtype(getattr(c, f))
+        except TypeError:
+            raise ValueError(f"{f}={getattr(c, f)!r} is not a dtype; use 'float32' or "
+                             "'bfloat16'") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
     """Architecture (HF `BertConfig` field names) plus lmtransfer's compute settings."""
@@ -53,20 +71,7 @@ class BertConfig:
                  "layer_norm_eps", "initializer_range", "pad_token_id", "classifier_dropout")
 
     def __post_init__(self):
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"hidden_size={self.hidden_size} is not divisible by "
-                             f"num_attention_heads={self.num_attention_heads}")
-        if self.hidden_act not in layers.ACTIVATIONS:
-            raise ValueError(f"hidden_act={self.hidden_act!r} is not supported; use one of "
-                             f"{sorted(layers.ACTIVATIONS)}")
-        if self.attention not in layers.ATTENTION_IMPLS:
-            raise ValueError(f"attention={self.attention!r}; use one of {layers.ATTENTION_IMPLS}")
-        for f in ("dtype", "param_dtype"):
-            try:
-                jnp.dtype(getattr(self, f))
-            except TypeError:
-                raise ValueError(f"{f}={getattr(self, f)!r} is not a dtype; use 'float32' or "
-                                 "'bfloat16'") from None
+        check_config(self)
 
     @property
     def head_dim(self) -> int:

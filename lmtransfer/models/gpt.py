@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from lmtransfer.models import layers
-from lmtransfer.models.bert import BertOutput, layer_class
+from lmtransfer.models.bert import BertOutput, check_config, layer_class
 
 HEADS = ("lm",)
 POSITIONS = ("learned", "rotary")
@@ -47,16 +47,9 @@ class GptConfig:
     remat: bool = False
 
     def __post_init__(self):
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"hidden_size={self.hidden_size} is not divisible by "
-                             f"num_attention_heads={self.num_attention_heads}")
+        check_config(self)
         if self.positions not in POSITIONS:
             raise ValueError(f"positions={self.positions!r}; use one of {POSITIONS}")
-        if self.hidden_act not in layers.ACTIVATIONS:
-            raise ValueError(f"hidden_act={self.hidden_act!r}; use one of "
-                             f"{sorted(layers.ACTIVATIONS)}")
-        if self.attention not in layers.ATTENTION_IMPLS:
-            raise ValueError(f"attention={self.attention!r}; use one of {layers.ATTENTION_IMPLS}")
 
     @property
     def head_dim(self) -> int:
