@@ -1,17 +1,24 @@
-"""Fine-tuning step throughput: lmtransfer (JAX) beside PyTorch `transformers`, same run.
+"""Training-step throughput: lmtransfer (JAX) beside PyTorch `transformers`, in one run.
 
-    python -m lmtransfer.bench [--model HF_DIR] [--batch 32] [--lengths 32,64,128] [--steps 5]
+    python -m lmtransfer.bench [--model minilm|PRESET|HF_DIR] [--head classification|mlm]
+        [--batch 32] [--lengths 128] [--steps 20] [--dtype float32|bfloat16] [--devices N]
+        [--no-peer] [--json FILE]
 
-Both sides run one full training step (forward, backward, AdamW update, dropout on) of a
-sequence classifier on the same fixed-shape batch; timings alternate between the two so
-background load hits both alike. Compilation / warm-up steps are excluded. FLOPs are analytic
-(6 x matmul params x tokens + attention), so TFLOP/s and MFU are comparable across frameworks.
-The peer needs torch (`pip install -e ".[test]"`).
+Both sides run full training steps (forward, backward, AdamW, dropout on) of the same
+architecture on the same fixed-shape random batch: a sequence classifier (fine-tuning) or the
+MLM head on 15% of the positions (pretraining). A preset name (bert-base, bert-large, ...)
+builds randomly initialised weights on both sides. Timings alternate between the two
+frameworks so background load hits both alike; the median step after warm-up is reported.
+FLOPs are analytic (lmtransfer.perf), so TFLOP/s and MFU compare across frameworks; MFU is
+against the device's bf16 peak on GPU/TPU and against a matmul peak measured in this run on
+CPU. `--devices N` runs lmtransfer data-parallel over N devices (simulate them on CPU with
+XLA_FLAGS=--xla_force_host_platform_device_count=N). The peer needs torch (".[test]").
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import jax
@@ -21,99 +28,221 @@ import optax
 
 from lmtransfer import perf
 
+HEADS = ("classification", "mlm")
+MASK_RATE = 0.15
+
 
 def train_flops(model, batch: int, length: int) -> float:
     return perf.train_flops_per_token(model, length) * batch * length
 
 
-def _timeit(fn, steps):
-    fn()  # warm-up / compile
-    start = time.perf_counter()
+def random_batch(batch: int, length: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, min(20000, vocab), (batch, length)).astype(np.int32)
+    return dict(input_ids=ids, label=rng.integers(0, 2, batch).astype(np.int32),
+                masked=rng.random((batch, length)) < MASK_RATE)
+
+
+def measure_matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of the best of JAX's and PyTorch's fp32 [n, n] matmul on this host."""
+    a = jnp.ones((n, n), jnp.float32)
+    mm = jax.jit(lambda a: a @ a)
+    best = _median(lambda: mm(a).block_until_ready(), repeats)
+    try:
+        import torch
+        t = torch.ones(n, n)
+        best = min(best, _median(lambda: t @ t, repeats))
+    except ImportError:
+        pass
+    return 2 * n ** 3 / best
+
+
+def _median(fn, steps: int) -> float:
+    times = []
     for _ in range(steps):
+        start = time.perf_counter()
         fn()
-    return (time.perf_counter() - start) / steps
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
 
 
-def lmtransfer_step(path, batch, length):
+def _model_config(name: str, head: str):
+    """(lmtransfer model, params or None for random init, HF config dict, HF dir or None)."""
+    import os
+
     from lmtransfer import hf
+    from lmtransfer.models import from_preset
+    path = hf.packaged_minilm() if name == "minilm" else name
+    if os.path.isdir(path):
+        model, params = hf.load_pretrained(path, head=head, num_labels=2)
+        return model, params, path
+    return from_preset(name, head, 2), None, None
+
+
+class _Loss:
+    """Cross-entropy of the classifier, or of the MLM logits at the masked positions."""
+
+    def __init__(self, head):
+        self.head = head
+
+    def prepare(self, batch, rng):
+        return batch
+
+    def loss(self, out, b):
+        if self.head == "mlm":
+            ce = optax.softmax_cross_entropy_with_integer_labels(out.logits, b["input_ids"])
+            w = b["masked"].astype(jnp.float32)
+            return jnp.sum(ce * w), jnp.sum(w)
+        ce = optax.softmax_cross_entropy_with_integer_labels(out.logits, b["label"])
+        return jnp.sum(ce), jnp.asarray(ce.shape[0], jnp.float32)
+
+
+def lmtransfer_step(name, head, batch, length, dtype="float32", devices=1):
+    """(run one step, model, compile seconds, peak bytes or None)."""
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
     from lmtransfer.train.state import TrainState
     from lmtransfer.train.step import make_train_step
 
-    model, params = hf.load_pretrained(path, head="classification", num_labels=2)
-
-    class Loss:
-        def prepare(self, batch, rng):
-            return batch
-
-        def loss(self, out, b):
-            ce = optax.softmax_cross_entropy_with_integer_labels(out.logits, b["label"])
-            return jnp.sum(ce * b["weights"]), jnp.sum(b["weights"])
-
+    model, params, _ = _model_config(name, head)
+    model = model.clone(config=model.config.replace(dtype=dtype))
+    if params is None:
+        from lmtransfer.sharding import unbox
+        params = unbox(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 2), jnp.int32)))
+        params = params["params"]
     tx = optax.adamw(2e-5, weight_decay=0.01)
-    step = jax.jit(make_train_step(model, Loss(), tx, lambda s: 2e-5, 1, 0), donate_argnums=0)
-    rng = np.random.default_rng(0)
-    data = dict(input_ids=rng.integers(1000, 20000, (batch, length)).astype(np.int32),
-                attention_mask=np.ones((batch, length), np.int32),
-                token_type_ids=np.zeros((batch, length), np.int32),
-                label=rng.integers(0, 2, batch).astype(np.int32),
-                weights=np.ones(batch, np.float32))
-    box = {"state": TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))}
+    mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
+    replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    data = random_batch(batch, length, model.config.vocab_size)
+    data = jax.device_put(data, rows)
+    state = jax.device_put(TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)),
+                           replicated)
+    start = time.perf_counter()
+    step = jax.jit(make_train_step(model, _Loss(head), tx, lambda s: 2e-5, 1, 0),
+                   donate_argnums=0).lower(state, data).compile()
+    compile_s = time.perf_counter() - start
+    box = {"state": state}
 
     def run():
         box["state"], m = step(box["state"], data)
         jax.block_until_ready(m)
 
-    return run, model
+    run()
+    stats = jax.devices()[0].memory_stats() or {}
+    return run, model, compile_s, stats.get("peak_bytes_in_use")
 
 
-def torch_step(path, batch, length):
+def torch_step(name, head, batch, length, dtype="float32"):
+    """(run one step, first-step seconds, peak bytes or None) for the PyTorch peer."""
+    import contextlib
+
     import torch
     import transformers
 
-    model = transformers.BertForSequenceClassification.from_pretrained(path, num_labels=2)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-5, weight_decay=0.01)
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(1000, 20000, (batch, length), generator=g)
-    labels = torch.randint(0, 2, (batch,), generator=g)
+    model, _, path = _model_config(name, head)
+    cls = (transformers.BertForMaskedLM if head == "mlm"
+           else transformers.BertForSequenceClassification)
+    if path:
+        net = cls.from_pretrained(path, num_labels=2)
+    else:
+        net = cls(transformers.BertConfig(**model.config.to_hf(), num_labels=2))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    net.to(device).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-5, weight_decay=0.01)
+    data = random_batch(batch, length, model.config.vocab_size)
+    ids = torch.as_tensor(data["input_ids"], dtype=torch.long, device=device)
+    if head == "mlm":
+        labels = torch.where(torch.as_tensor(data["masked"], device=device), ids, -100)
+    else:
+        labels = torch.as_tensor(data["label"], dtype=torch.long, device=device)
+    autocast = (torch.autocast(device, dtype=torch.bfloat16) if dtype == "bfloat16"
+                else contextlib.nullcontext())
 
     def run():
-        loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss
+        with autocast:
+            loss = net(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss
         loss.backward()
         opt.step()
         opt.zero_grad()
+        if device == "cuda":
+            torch.cuda.synchronize()
 
-    return run
+    start = time.perf_counter()
+    run()
+    first = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
+    return run, first, peak
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="")
+    p.add_argument("--model", default="minilm", help="minilm, a preset or an HF BERT dir")
+    p.add_argument("--head", default="classification", choices=HEADS)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lengths", default="32,64,128")
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--lengths", default="128")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per side (median)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--devices", type=int, default=1, help="data-parallel devices for JAX")
+    p.add_argument("--no-peer", action="store_true", help="time lmtransfer only")
+    p.add_argument("--json", default="", help="write the figures to this file")
     a = p.parse_args(argv)
-    if not a.model:
-        from lmtransfer.hf import packaged_minilm
-        a.model = packaged_minilm()
+    if a.batch % a.devices:
+        p.error(f"--batch {a.batch} is not divisible by --devices {a.devices}")
     kind = jax.devices()[0].device_kind
     peak = perf.peak_flops()
-    print(f"device: {kind} x{jax.device_count()}; batch {a.batch}; model {a.model}")
-    print("| seq len | framework | step s | tokens/s | TFLOP/s | MFU |")
-    print("|---:|---|---:|---:|---:|---:|")
+    peak_source = "device table"
+    if peak is None and jax.devices()[0].platform == "cpu":
+        peak, peak_source = measure_matmul_peak(), "measured fp32 matmul"
+    peak_total = peak * a.devices if peak else None
+    print(f"device: {kind} x{a.devices}; model {a.model}, head {a.head}, batch {a.batch}, "
+          f"{a.dtype}; MFU peak {peak_total / 1e12 if peak else 0:.3f} TFLOP/s "
+          f"({peak_source})")
+    print("| seq | framework | step s | tokens/s | TFLOP/s | MFU | compile s | peak MiB |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    rows = []
     for length in (int(x) for x in a.lengths.split(",")):
-        ours, model = lmtransfer_step(a.model, a.batch, length)
-        peer = torch_step(a.model, a.batch, length)
-        times = {"lmtransfer (JAX)": [], "transformers (PyTorch)": []}
-        for _ in range(2):  # alternate so background load is shared
-            times["lmtransfer (JAX)"].append(_timeit(ours, a.steps))
-            times["transformers (PyTorch)"].append(_timeit(peer, a.steps))
+        ours, model, compile_s, mem = lmtransfer_step(a.model, a.head, a.batch, length,
+                                                      a.dtype, a.devices)
+        sides = {"lmtransfer (JAX)": (ours, compile_s, mem)}
+        if not a.no_peer:
+            sides["transformers (PyTorch)"] = torch_step(a.model, a.head, a.batch, length,
+                                                         a.dtype)
+        times = {k: [] for k in sides}
+        for _ in range(a.steps):  # interleaved, one step each, so load drifts hit both
+            for k, (run, _, _) in sides.items():
+                start = time.perf_counter()
+                run()
+                times[k].append(time.perf_counter() - start)
         flops = train_flops(model, a.batch, length)
-        for name, ts in times.items():
-            t = min(ts)
-            mfu = f"{flops / t / peak:.1%}" if peak else "n/a"
-            print(f"| {length} | {name} | {t:.3f} | {a.batch * length / t:,.0f} | "
-                  f"{flops / t / 1e12:.3f} | {mfu} |", flush=True)
+        for k, (_, first_s, mem) in sides.items():
+            t = float(np.median(times[k]))
+            row = dict(length=length, framework=k, step_s=t, tokens_per_s=a.batch * length / t,
+                       tflops=flops / t / 1e12, mfu=flops / t / peak_total if peak else None,
+                       compile_s=first_s, peak_bytes=mem)
+            rows.append(row)
+            mfu = f"{row['mfu']:.1%}" if peak else "n/a"
+            mib = f"{mem / 2 ** 20:,.0f}" if mem else "n/a"
+            print(f"| {length} | {k} | {t:.3f} | {row['tokens_per_s']:,.0f} | "
+                  f"{row['tflops']:.3f} | {mfu} | {first_s:.1f} | {mib} |", flush=True)
+        if not a.no_peer:
+            ratio = rows[-2]["tokens_per_s"] / rows[-1]["tokens_per_s"]
+            print(f"| {length} | ratio JAX / PyTorch | | {ratio:.2f}x | | | | |", flush=True)
+    if a.json:
+        ours_rows = [r for r in rows if r["framework"].startswith("lmtransfer")]
+        peer_rows = [r for r in rows if r["framework"].startswith("transformers")]
+        summary = dict(device=kind, devices=a.devices, model=a.model, head=a.head,
+                       batch=a.batch, dtype=a.dtype, peak_flops=peak_total,
+                       peak_source=peak_source,
+                       lmtransfer_tokens_per_s=ours_rows[-1]["tokens_per_s"],
+                       mfu=ours_rows[-1]["mfu"],
+                       peer_tokens_per_s=peer_rows[-1]["tokens_per_s"] if peer_rows else None,
+                       rows=rows)
+        summary["ratio"] = (summary["lmtransfer_tokens_per_s"] / summary["peer_tokens_per_s"]
+                            if peer_rows else None)
+        with open(a.json, "w") as f:
+            json.dump(summary, f, indent=1)
+    return rows
 
 
 if __name__ == "__main__":

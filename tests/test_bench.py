@@ -23,3 +23,15 @@ def test_bench_runs_and_prints_both_frameworks(minilm_path, capsys):
     bench.main(["--model", minilm_path, "--batch", "2", "--lengths", "8", "--steps", "1"])
     out = capsys.readouterr().out
     assert "| 8 | lmtransfer (JAX) |" in out and "| 8 | transformers (PyTorch) |" in out
+
+
+def test_bench_json_and_mlm_head(minilm_path, tmp_path):
+    out = tmp_path / "bench.json"
+    bench.main(["--model", "tiny", "--head", "mlm", "--batch", "2", "--lengths", "16",
+                "--steps", "2", "--json", str(out)])
+    import json
+    figures = json.loads(out.read_text())
+    assert figures["lmtransfer_tokens_per_s"] > 0 and figures["peer_tokens_per_s"] > 0
+    assert figures["ratio"] == pytest.approx(
+        figures["lmtransfer_tokens_per_s"] / figures["peer_tokens_per_s"])
+    assert 0 < figures["mfu"] < 1.5

@@ -151,7 +151,7 @@ class BertEmbeddings(nn.Module):
             c.type_vocab_size, c.hidden_size, ("token_types", None),
             name="token_type_embeddings", **kw)
         self.layer_norm = layers.layer_norm(c.layer_norm_eps, kw["dtype"], kw["param_dtype"])
-        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+        self.dropout = layers.Dropout(c.hidden_dropout_prob)
 
     def __call__(self, input_ids, token_type_ids, position_ids, deterministic):
         # Gather from a table whose embed axis is whole (vocab may stay tensor-sharded):
@@ -175,7 +175,7 @@ class BertLayer(nn.Module):
     def __call__(self, x, mask, deterministic):
         c = self.config
         dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
-        drop = nn.Dropout(c.hidden_dropout_prob)
+        drop = layers.Dropout(c.hidden_dropout_prob)
         a = layers.SelfAttention(c.num_attention_heads, c.head_dim, c.initializer_range,
                                  c.attention_probs_dropout_prob, c.attention, dtype, pdtype,
                                  name="attention")(x, mask, deterministic)

@@ -83,7 +83,7 @@ class GptBlock(nn.Module):
     def __call__(self, x, mask, positions, deterministic):
         c = self.config
         dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
-        drop = nn.Dropout(c.hidden_dropout_prob)
+        drop = layers.Dropout(c.hidden_dropout_prob)
         ln = lambda name: layers.layer_norm(c.layer_norm_eps, dtype, pdtype, name=name)  # noqa: E731
         a = layers.SelfAttention(
             c.num_attention_heads, c.head_dim, c.initializer_range,
@@ -125,7 +125,8 @@ class Gpt(nn.Module):
         if c.positions == "learned":
             x = x + layers.embed(c.max_position_embeddings, c.hidden_size, ("positions", None),
                                  name="position_embeddings", **kw)(position_ids)
-        x = layers.constrain(nn.Dropout(c.hidden_dropout_prob)(x, deterministic), layers.ACT_BTE)
+        x = layers.Dropout(c.hidden_dropout_prob)(x, deterministic)
+        x = layers.constrain(x, layers.ACT_BTE)
         mask = layers.attention_mask(segment_ids, causal=True)
         block = layer_class(GptBlock, c.remat, deterministic_argnum=4)
         for i in range(c.num_hidden_layers):

@@ -46,7 +46,7 @@ def _classifier(c, num_labels: int, name: str):
 
 def _classifier_dropout(c):
     rate = c.classifier_dropout if c.classifier_dropout is not None else c.hidden_dropout_prob
-    return nn.Dropout(rate)
+    return layers.Dropout(rate)
 
 
 def apply_head(head: str, c, num_labels: int, out, embeddings, deterministic: bool):

@@ -58,6 +58,50 @@ def rotary(x, positions, base: float):
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
 
 
+def _mix32(x):
+    """A 32-bit integer finaliser (Wellons' lowbias32: full avalanche, bias ~0.1)."""
+    x = (x ^ (x >> 16)) * jnp.uint32(0x21F0AAAD)
+    x = (x ^ (x >> 15)) * jnp.uint32(0x735A2D97)
+    return x ^ (x >> 15)
+
+
+def keep_mask(key, shape, rate: float):
+    """Boolean dropout mask (True = keep, probability 1 - rate) from a counter-based hash.
+
+    Element i's bit is hash(hash(i ^ k0) + k1) for two words k0, k1 drawn from `key`: ~20
+    vectorised integer ops per element, where `jax.random.bernoulli`'s threefry costs ~30x
+    more on CPU (a third of a BERT training step). It depends on the global element index
+    only, so a sharded array gets the same mask as an unsharded one. Indices wrap at 2**32
+    elements per call.
+    """
+    k0, k1 = jax.random.bits(key, (2,), jnp.uint32)
+    index = jnp.zeros(shape, jnp.uint32)
+    stride = 1
+    for d in reversed(range(len(shape))):
+        index += jax.lax.broadcasted_iota(jnp.uint32, shape, d) * jnp.uint32(stride % 2**32)
+        stride *= shape[d]
+    bits = _mix32(_mix32(index ^ k0) + k1)
+    return bits >= jnp.uint32(min(round(rate * 2**32), 2**32 - 1))
+
+
+class Dropout(nn.Module):
+    """Inverted dropout like `nn.Dropout` (same arguments, rng stream "dropout"), with the
+    fast `keep_mask`."""
+
+    rate: float
+    deterministic: bool | None = None
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool | None = None):
+        deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+        if deterministic or self.rate == 0.0:
+            return x
+        if self.rate == 1.0:
+            return jnp.zeros_like(x)
+        keep = keep_mask(self.make_rng("dropout"), x.shape, self.rate)
+        return jnp.where(keep, x / jnp.asarray(1.0 - self.rate, x.dtype), jnp.zeros_like(x))
+
+
 def constrain(x, names):
     return nn.with_logical_constraint(x, names)
 
@@ -142,12 +186,15 @@ def dot_product_attention(q, k, v, mask, *, impl: str, dropout_rate: float = 0.0
         return jax.nn.dot_product_attention(
             q, k, v, mask=mask, implementation=None if impl == "auto" else impl)
     depth = q.shape[-1]
-    logits = jnp.einsum("bqnh,bknh->bnqk", q, k) / jnp.sqrt(depth).astype(q.dtype)
+    # Heads-major [b, n, t, h] operands: batched matmuls over contiguous (b, n) run ~4x
+    # faster on CPU than einsums over the [b, t, n, h] layout.
+    q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
+    logits = jnp.einsum("bnqh,bnkh->bnqk", q, k) / jnp.sqrt(depth).astype(q.dtype)
     logits = jnp.where(mask, logits.astype(jnp.float32), jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     if needs_dropout:
         probs = dropout(probs)
-    return jnp.einsum("bnqk,bknh->bqnh", probs, v)
+    return jnp.einsum("bnqk,bnkh->bnqh", probs, v).transpose(0, 2, 1, 3)
 
 
 class SelfAttention(nn.Module):
@@ -174,7 +221,7 @@ class SelfAttention(nn.Module):
         q, k, v = (constrain(qkv[..., i, :, :], ACT_BTNH) for i in range(3))
         if self.rotary_base:
             q, k = rotary(q, positions, self.rotary_base), rotary(k, positions, self.rotary_base)
-        drop = nn.Dropout(self.dropout_rate, deterministic=False, name="attention_dropout")
+        drop = Dropout(self.dropout_rate, deterministic=False, name="attention_dropout")
         out = dot_product_attention(q, k, v, mask, impl=self.impl, dropout_rate=self.dropout_rate,
                                     deterministic=deterministic, dropout=drop)
         out = constrain(out, ACT_BTNH)
