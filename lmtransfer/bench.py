@@ -2,13 +2,15 @@
 
     python -m lmtransfer.bench [--model minilm|PRESET|HF_DIR] [--head classification|mlm]
         [--batch 32] [--lengths 128] [--steps 20] [--dtype float32|bfloat16] [--devices N]
-        [--no-peer] [--json FILE]
+        [--remat] [--parity TOL] [--no-peer] [--json FILE]
 
-Both sides run full training steps (forward, backward, AdamW, dropout on) of the same
-architecture on the same fixed-shape random batch: a sequence classifier (fine-tuning) or the
-MLM head on 15% of the positions (pretraining). A preset name (bert-base, bert-large, ...)
-builds randomly initialised weights on both sides. Timings alternate between the two
-frameworks so background load hits both alike; the median step after warm-up is reported.
+Both sides run full training steps (forward, backward, AdamW, dropout on) of the same model
+with the same weights on the same fixed-shape random batch: a sequence classifier
+(fine-tuning) or the MLM head on 15% of the positions (pretraining). A preset name
+(bert-base, bert-large, ...) starts both from one random init. `--parity TOL` first checks
+that the two frameworks' fp32 logits agree within TOL (and exits non-zero if not). Timings
+alternate between the two frameworks so background load hits both alike; the median step
+after warm-up is reported. `--batch` takes one size or one per length.
 FLOPs are analytic (lmtransfer.perf), so TFLOP/s and MFU compare across frameworks; MFU is
 against the device's bf16 peak on GPU/TPU and against a matmul peak measured in this run on
 CPU. `--devices N` runs lmtransfer data-parallel over N devices (simulate them on CPU with
@@ -66,17 +68,24 @@ def _median(fn, steps: int) -> float:
     return float(np.median(times))
 
 
-def _model_config(name: str, head: str):
-    """(lmtransfer model, params or None for random init, HF config dict, HF dir or None)."""
+def build(name: str, head: str, dtype: str = "float32", remat: bool = False):
+    """(lmtransfer model, its fp32 params): an HF dir's or the packaged MiniLM's weights, or a
+    preset's random init. Both frameworks then run these same weights."""
     import os
 
     from lmtransfer import hf
     from lmtransfer.models import from_preset
+    from lmtransfer.sharding import unbox
     path = hf.packaged_minilm() if name == "minilm" else name
     if os.path.isdir(path):
         model, params = hf.load_pretrained(path, head=head, num_labels=2)
-        return model, params, path
-    return from_preset(name, head, 2), None, None
+    else:
+        model = from_preset(name, head, 2)
+        params = unbox(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 2), jnp.int32)))
+        params = params["params"]
+    # Host copies: each timed step donates its own device buffers.
+    return (model.clone(config=model.config.replace(dtype=dtype, remat=remat)),
+            jax.device_get(params))
 
 
 class _Loss:
@@ -97,20 +106,14 @@ class _Loss:
         return jnp.sum(ce), jnp.asarray(ce.shape[0], jnp.float32)
 
 
-def lmtransfer_step(name, head, batch, length, dtype="float32", devices=1):
-    """(run one step, model, compile seconds, peak bytes or None)."""
+def lmtransfer_step(model, params, head, batch, length, devices=1):
+    """(run one step, compile seconds, peak bytes or None)."""
     from jax.sharding import Mesh, NamedSharding
     from jax.sharding import PartitionSpec as P
 
     from lmtransfer.train.state import TrainState
     from lmtransfer.train.step import make_train_step
 
-    model, params, _ = _model_config(name, head)
-    model = model.clone(config=model.config.replace(dtype=dtype))
-    if params is None:
-        from lmtransfer.sharding import unbox
-        params = unbox(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 2), jnp.int32)))
-        params = params["params"]
     tx = optax.adamw(2e-5, weight_decay=0.01)
     mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
     replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
@@ -130,25 +133,54 @@ def lmtransfer_step(name, head, batch, length, dtype="float32", devices=1):
 
     run()
     stats = jax.devices()[0].memory_stats() or {}
-    return run, model, compile_s, stats.get("peak_bytes_in_use")
+    return run, compile_s, stats.get("peak_bytes_in_use")
 
 
-def torch_step(name, head, batch, length, dtype="float32"):
+def torch_net(model, params):
+    """The PyTorch `transformers` twin of `model` (fp32) holding the same weights."""
+    import torch
+    import transformers
+
+    from lmtransfer import hf
+    cls = (transformers.BertForMaskedLM if model.head == "mlm"
+           else transformers.BertForSequenceClassification)
+    net = cls(transformers.BertConfig(**{**hf.hf_config(model), "dtype": "float32"}))
+    tensors = {k: torch.from_numpy(v.astype(np.float32))
+               for k, v in hf.to_hf_tensors(model, params).items()}
+    missing, unexpected = net.load_state_dict(tensors, strict=False)
+    tied = {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
+    if unexpected or set(missing) - tied:
+        raise RuntimeError(f"weights do not match {cls.__name__}: missing {missing}, "
+                           f"unexpected {unexpected}")
+    return net.to("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def parity(model, params, net, batch: int, length: int) -> float:
+    """Max |logit difference| of the two frameworks' fp32 eval forwards on one batch."""
+    import torch
+
+    data = random_batch(batch, length, model.config.vocab_size, seed=1)
+    fp32 = model.clone(config=model.config.replace(dtype="float32", remat=False))
+    with jax.default_matmul_precision("highest"):
+        ours = np.asarray(fp32.apply({"params": params}, jnp.asarray(data["input_ids"])).logits)
+    device = next(net.parameters()).device
+    net.eval()
+    with torch.no_grad():
+        ids = torch.as_tensor(data["input_ids"], dtype=torch.long, device=device)
+        theirs = net(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.cpu().numpy()
+    net.train()
+    return float(np.max(np.abs(ours - theirs)))
+
+
+def torch_step(net, model, batch, length, dtype="float32"):
     """(run one step, first-step seconds, peak bytes or None) for the PyTorch peer."""
     import contextlib
 
     import torch
-    import transformers
 
-    model, _, path = _model_config(name, head)
-    cls = (transformers.BertForMaskedLM if head == "mlm"
-           else transformers.BertForSequenceClassification)
-    if path:
-        net = cls.from_pretrained(path, num_labels=2)
-    else:
-        net = cls(transformers.BertConfig(**model.config.to_hf(), num_labels=2))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    net.to(device).train()
+    head = model.head
+    device = next(net.parameters()).device.type
+    net.train()
     opt = torch.optim.AdamW(net.parameters(), lr=2e-5, weight_decay=0.01)
     data = random_batch(batch, length, model.config.vocab_size)
     ids = torch.as_tensor(data["input_ids"], dtype=torch.long, device=device)
@@ -168,6 +200,8 @@ def torch_step(name, head, batch, length, dtype="float32"):
         if device == "cuda":
             torch.cuda.synchronize()
 
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     run()
     first = time.perf_counter() - start
@@ -179,60 +213,84 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="minilm", help="minilm, a preset or an HF BERT dir")
     p.add_argument("--head", default="classification", choices=HEADS)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lengths", default="128")
+    p.add_argument("--batch", default="32", help="batch size, or one per length")
+    p.add_argument("--lengths", default="128", help="sequence lengths, comma-separated")
     p.add_argument("--steps", type=int, default=20, help="timed steps per side (median)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--devices", type=int, default=1, help="data-parallel devices for JAX")
+    p.add_argument("--remat", action="store_true", help="lmtransfer recomputes activations")
     p.add_argument("--no-peer", action="store_true", help="time lmtransfer only")
+    p.add_argument("--parity", type=float, default=0.0, metavar="TOL",
+                   help="first check that both frameworks' fp32 logits agree within TOL")
     p.add_argument("--json", default="", help="write the figures to this file")
     a = p.parse_args(argv)
-    if a.batch % a.devices:
+    if a.parity and a.no_peer:
+        p.error("--parity compares with the PyTorch peer; drop --no-peer")
+    lengths = [int(x) for x in a.lengths.split(",")]
+    batches = [int(x) for x in a.batch.split(",")]
+    if len(batches) == 1:
+        batches *= len(lengths)
+    if len(batches) != len(lengths):
+        p.error(f"--batch {a.batch}: give one batch size or one per length ({a.lengths})")
+    if any(b % a.devices for b in batches):
         p.error(f"--batch {a.batch} is not divisible by --devices {a.devices}")
     kind = jax.devices()[0].device_kind
     peak = perf.peak_flops()
     peak_source = "device table"
     if peak is None and jax.devices()[0].platform == "cpu":
         peak, peak_source = measure_matmul_peak(), "measured fp32 matmul"
-    peak_total = peak * a.devices if peak else None
-    print(f"device: {kind} x{a.devices}; model {a.model}, head {a.head}, batch {a.batch}, "
+    # Simulated CPU devices share the host whose peak was measured; real devices add up.
+    on_cpu = jax.devices()[0].platform == "cpu"
+    peak_total = peak * (1 if on_cpu else a.devices) if peak else None
+    print(f"device: {kind} x{a.devices}; model {a.model}, head {a.head}, "
           f"{a.dtype}; MFU peak {peak_total / 1e12 if peak else 0:.3f} TFLOP/s "
           f"({peak_source})")
-    print("| seq | framework | step s | tokens/s | TFLOP/s | MFU | compile s | peak MiB |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    model, params = build(a.model, a.head, a.dtype, a.remat)
+    net = None if a.no_peer else torch_net(model, params)
+    if a.parity:
+        length = lengths[0]
+        err = parity(model, params, net, min(batches[0], 8), length)
+        print(f"parity: max |logit difference| JAX vs PyTorch (fp32, seq {length}) = {err:.2e}"
+              f" (tolerance {a.parity:g})", flush=True)
+        if not err <= a.parity:
+            raise SystemExit(f"parity check failed: {err:.2e} > {a.parity:g}")
+    print("| seq | batch | framework | step s | tokens/s | TFLOP/s | MFU | compile s | peak MiB |")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|")
     rows = []
-    for length in (int(x) for x in a.lengths.split(",")):
-        ours, model, compile_s, mem = lmtransfer_step(a.model, a.head, a.batch, length,
-                                                      a.dtype, a.devices)
+    for batch, length in zip(batches, lengths, strict=True):
+        ours, compile_s, mem = lmtransfer_step(model, params, a.head, batch, length,
+                                               a.devices)
         sides = {"lmtransfer (JAX)": (ours, compile_s, mem)}
-        if not a.no_peer:
-            sides["transformers (PyTorch)"] = torch_step(a.model, a.head, a.batch, length,
-                                                         a.dtype)
+        if net is not None:
+            sides["transformers (PyTorch)"] = torch_step(net, model, batch, length, a.dtype)
         times = {k: [] for k in sides}
         for _ in range(a.steps):  # interleaved, one step each, so load drifts hit both
             for k, (run, _, _) in sides.items():
                 start = time.perf_counter()
                 run()
                 times[k].append(time.perf_counter() - start)
-        flops = train_flops(model, a.batch, length)
+        flops = train_flops(model, batch, length)
         for k, (_, first_s, mem) in sides.items():
             t = float(np.median(times[k]))
-            row = dict(length=length, framework=k, step_s=t, tokens_per_s=a.batch * length / t,
-                       tflops=flops / t / 1e12, mfu=flops / t / peak_total if peak else None,
+            denom = peak_total if k.startswith("lmtransfer") else peak
+            row = dict(length=length, batch=batch, framework=k, step_s=t,
+                       tokens_per_s=batch * length / t,
+                       tflops=flops / t / 1e12, mfu=flops / t / denom if peak else None,
                        compile_s=first_s, peak_bytes=mem)
             rows.append(row)
             mfu = f"{row['mfu']:.1%}" if peak else "n/a"
             mib = f"{mem / 2 ** 20:,.0f}" if mem else "n/a"
-            print(f"| {length} | {k} | {t:.3f} | {row['tokens_per_s']:,.0f} | "
+            print(f"| {length} | {batch} | {k} | {t:.3f} | {row['tokens_per_s']:,.0f} | "
                   f"{row['tflops']:.3f} | {mfu} | {first_s:.1f} | {mib} |", flush=True)
-        if not a.no_peer:
+        if net is not None:
             ratio = rows[-2]["tokens_per_s"] / rows[-1]["tokens_per_s"]
-            print(f"| {length} | ratio JAX / PyTorch | | {ratio:.2f}x | | | | |", flush=True)
+            print(f"| {length} | {batch} | ratio JAX / PyTorch | | {ratio:.2f}x | | | | |",
+                  flush=True)
     if a.json:
         ours_rows = [r for r in rows if r["framework"].startswith("lmtransfer")]
         peer_rows = [r for r in rows if r["framework"].startswith("transformers")]
         summary = dict(device=kind, devices=a.devices, model=a.model, head=a.head,
-                       batch=a.batch, dtype=a.dtype, peak_flops=peak_total,
+                       batch=batches, dtype=a.dtype, peak_flops=peak_total,
                        peak_source=peak_source,
                        lmtransfer_tokens_per_s=ours_rows[-1]["tokens_per_s"],
                        mfu=ours_rows[-1]["mfu"],

@@ -37,6 +37,10 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None,
                                    "This process's index (env JAX_PROCESS_ID).")
 _INIT_TIMEOUT = flags.DEFINE_integer(
     "distributed_timeout", 300, "Seconds to wait for every process to join before failing.")
+_CACHE = flags.DEFINE_string(
+    "compilation_cache", "~/.cache/lmtransfer/xla",
+    "Directory of JAX's persistent compilation cache: reruns, resumed runs and sweeps load "
+    "compiled steps instead of recompiling ('' turns it off).")
 _HEARTBEAT = flags.DEFINE_integer(
     "heartbeat_timeout", 100, "Seconds without a heartbeat after which a process counts as "
     "dead and every other process stops with an error (instead of hanging in a collective).")
@@ -111,6 +115,10 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger().setLevel(logging.INFO)
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file at INFO
+    if _CACHE.value:
+        import jax
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(_CACHE.value))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     init_distributed(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
                      _PROCESS_ID.value, _INIT_TIMEOUT.value, _HEARTBEAT.value)
     run(_CONFIG.value, os.path.abspath(os.path.expanduser(_WORKDIR.value)), _OVERWRITE.value)

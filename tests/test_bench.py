@@ -22,16 +22,28 @@ def test_train_flops_bert_base_and_gpt2():
 def test_bench_runs_and_prints_both_frameworks(minilm_path, capsys):
     bench.main(["--model", minilm_path, "--batch", "2", "--lengths", "8", "--steps", "1"])
     out = capsys.readouterr().out
-    assert "| 8 | lmtransfer (JAX) |" in out and "| 8 | transformers (PyTorch) |" in out
+    assert "| 8 | 2 | lmtransfer (JAX) |" in out and "| 8 | 2 | transformers (PyTorch) |" in out
 
 
-def test_bench_json_and_mlm_head(minilm_path, tmp_path):
-    out = tmp_path / "bench.json"
-    bench.main(["--model", "tiny", "--head", "mlm", "--batch", "2", "--lengths", "16",
-                "--steps", "2", "--json", str(out)])
+def test_gpu_script_on_tiny_shapes(tmp_path):
+    """benchmarks/gpu.sh end to end (SIZE=tiny: the same runs on the tiny preset, on CPU):
+    parity first, then every table, with the peer beside lmtransfer in each."""
     import json
-    figures = json.loads(out.read_text())
-    assert figures["lmtransfer_tokens_per_s"] > 0 and figures["peer_tokens_per_s"] > 0
-    assert figures["ratio"] == pytest.approx(
-        figures["lmtransfer_tokens_per_s"] / figures["peer_tokens_per_s"])
-    assert 0 < figures["mfu"] < 1.5
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "SIZE": "tiny", "PYTHON": sys.executable}
+    subprocess.run(["bash", os.path.join(root, "benchmarks", "gpu.sh"), str(tmp_path)],
+                   env=env, check=True, capture_output=True, text=True)
+    table = (tmp_path / "gpu.md").read_text()
+    assert "parity: max |logit difference|" in table
+    for run, lengths in (("mlm-base", [16, 32]), ("mlm-large", [16, 32]), ("glue-base", [16])):
+        figures = json.loads((tmp_path / f"{run}.json").read_text())
+        assert figures["dtype"] == "bfloat16" and figures["peer_tokens_per_s"] > 0, run
+        assert figures["ratio"] == pytest.approx(
+            figures["lmtransfer_tokens_per_s"] / figures["peer_tokens_per_s"])
+        assert 0 < figures["mfu"] < 1.5
+        assert [r["length"] for r in figures["rows"]] == [x for x in lengths for _ in "ab"]
+        assert f"## {run}:" in table
