@@ -23,6 +23,8 @@ line | file: what one document of a text file is), text_field, tfds_name / tfds_
 tfds_eval_split / tfds_data_dir, max_length (row length, 128), shards (8: documents are split
 into this many shards; a process reads only its own, see lmtransfer.data.batching),
 vocab_size / tokenizer_docs (tokenizer training), mask_rate (0.15), whole_word (mlm),
+max_predictions (mlm: the MLM decoder runs on this many positions per row; -1 = the expected
+masked tokens + 4 sigma, like BERT's max_predictions_per_seq; 0 = every position),
 sentence_pairs ('' | nsp | sop: BERT's second objective on [CLS] A [SEP] B [SEP] rows, mlm).
 """
 
@@ -48,6 +50,7 @@ def get_config(arg=None):
         source="files", train_files="", eval_files="", eval_fraction=0.0, document="paragraph",
         text_field="text", tfds_name="", tfds_train_split="train", tfds_eval_split="",
         shards=8, vocab_size=8192, tokenizer_docs=0, mask_rate=0.15, whole_word=False,
+        max_predictions=-1,
         sentence_pairs="")
     if model in ("minilm",) or "/" in model:
         apply_model(c, model)  # pretrained BERT weights and their tokenizer

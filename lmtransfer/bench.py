@@ -29,13 +29,16 @@ import numpy as np
 import optax
 
 from lmtransfer import perf
+from lmtransfer.tasks.pretrain import max_predictions, mlm_positions
 
 HEADS = ("classification", "mlm")
 MASK_RATE = 0.15
 
 
 def train_flops(model, batch: int, length: int) -> float:
-    return perf.train_flops_per_token(model, length) * batch * length
+    """The step's model FLOPs (the MLM decoder counted at the positions it must run on)."""
+    decoded = max_predictions(length, MASK_RATE) if model.head == "mlm" else None
+    return perf.train_flops_per_token(model, length, decoded) * batch * length
 
 
 def random_batch(batch: int, length: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -89,18 +92,25 @@ def build(name: str, head: str, dtype: str = "float32", remat: bool = False):
 
 
 class _Loss:
-    """Cross-entropy of the classifier, or of the MLM logits at the masked positions."""
+    """Cross-entropy of the classifier, or of the MLM logits at the masked positions (the
+    decoder runs there only, as in lmtransfer's pretraining; the peer decodes every one)."""
 
-    def __init__(self, head):
+    def __init__(self, head, length):
         self.head = head
+        self.budget = max_predictions(length, MASK_RATE)
 
     def prepare(self, batch, rng):
-        return batch
+        if self.head != "mlm":
+            return batch
+        chosen = batch["masked"] & (jnp.cumsum(batch["masked"], axis=-1) <= self.budget)
+        return {**batch, "masked": chosen, "mlm_positions": mlm_positions(chosen, self.budget)}
 
     def loss(self, out, b):
         if self.head == "mlm":
-            ce = optax.softmax_cross_entropy_with_integer_labels(out.logits, b["input_ids"])
-            w = b["masked"].astype(jnp.float32)
+            pos = b["mlm_positions"]
+            labels = jnp.take_along_axis(b["input_ids"], pos, axis=1)
+            w = jnp.take_along_axis(b["masked"], pos, axis=1).astype(jnp.float32)
+            ce = optax.softmax_cross_entropy_with_integer_labels(out.logits, labels)
             return jnp.sum(ce * w), jnp.sum(w)
         ce = optax.softmax_cross_entropy_with_integer_labels(out.logits, b["label"])
         return jnp.sum(ce), jnp.asarray(ce.shape[0], jnp.float32)
@@ -122,7 +132,7 @@ def lmtransfer_step(model, params, head, batch, length, devices=1):
     state = jax.device_put(TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)),
                            replicated)
     start = time.perf_counter()
-    step = jax.jit(make_train_step(model, _Loss(head), tx, lambda s: 2e-5, 1, 0),
+    step = jax.jit(make_train_step(model, _Loss(head, length), tx, lambda s: 2e-5, 1, 0),
                    donate_argnums=0).lower(state, data).compile()
     compile_s = time.perf_counter() - start
     box = {"state": state}

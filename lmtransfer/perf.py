@@ -3,7 +3,8 @@ tokens/s becomes TFLOP/s per device and MFU (model FLOPs utilisation) the same w
 framework and device.
 
 FLOPs per token of a training step (forward + backward = 3 x forward):
-  6 x (weights of every matmul, the output projection included; embedding lookups are free)
+  6 x (weights of every matmul, the output projection included; embedding lookups are free;
+       the MLM decoder counts only at the positions it runs on)
   + 12 x layers x length x hidden   (attention scores QK^T and the weighted sum PV)
 Causal attention is counted in full, as PaLM's MFU does.
 """
@@ -18,14 +19,17 @@ PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5p": 459e12,
               "NVIDIA A100-SXM4-80GB": 312e12}
 
 
-def matmul_weights(model) -> int:
-    """Weights that take part in a matmul per token for `model` (Bert or Gpt with its head)."""
+def matmul_weights(model, decoded_fraction: float = 1.0) -> float:
+    """Weights that take part in a matmul per token for `model` (Bert or Gpt with its head);
+    the MLM head counts for `decoded_fraction` of the tokens (it runs at the masked ones)."""
     c = model.config
     h, layers = c.hidden_size, c.num_hidden_layers
     n = layers * (4 * h * h + 2 * h * c.intermediate_size)
     head = model.head
-    if head in ("lm", "mlm", "pretraining"):
-        n += h * c.vocab_size + (h * h if head != "lm" else 0)  # (+ MLM transform)
+    if head == "lm":
+        n += h * c.vocab_size
+    if head in ("mlm", "pretraining"):
+        n += (h * c.vocab_size + h * h) * decoded_fraction  # decoder + transform
     if model.arch == "bert" and model.has_pooler:
         n += h * h
     if head in ("classification", "token_classification"):
@@ -35,9 +39,12 @@ def matmul_weights(model) -> int:
     return n
 
 
-def train_flops_per_token(model, length: int) -> float:
+def train_flops_per_token(model, length: int, decoded: int | None = None) -> float:
+    """Training FLOPs per token at `length`; `decoded`: MLM positions decoded per row."""
     c = model.config
-    return 6 * matmul_weights(model) + 12 * c.num_hidden_layers * length * c.hidden_size
+    fraction = 1.0 if decoded is None else decoded / length
+    return (6 * matmul_weights(model, fraction)
+            + 12 * c.num_hidden_layers * length * c.hidden_size)
 
 
 def peak_flops(device=None) -> float | None:

@@ -13,7 +13,7 @@ from lmtransfer.data import batching, corpus
 from lmtransfer.data.tables import DataError
 from lmtransfer.models import from_preset
 from lmtransfer.tasks import make_task
-from lmtransfer.tasks.pretrain import mask_tokens
+from lmtransfer.tasks.pretrain import mask_tokens, max_predictions
 from lmtransfer.train import init
 from tests.configs_loader import load_config
 from tests.corpus_data import corpus_tokenizer, make_corpus
@@ -162,6 +162,45 @@ def test_whole_word_masking_takes_every_piece():
             sel = chosen[r][word[r] == w]
             assert sel.all() or not sel.any()
     assert 0.1 < chosen.mean() < 0.2
+
+
+def test_mlm_prediction_budget_caps_rows_and_lists_positions():
+    assert max_predictions(128, 0.15) == 37 and max_predictions(8, 0.5) == 8
+    ids = np.arange(10, 10 + 4 * 32, dtype=np.int32).reshape(4, 32)
+    out = mask_tokens(jax.random.key(0), ids, np.ones_like(ids), None, rate=0.5, mask_id=4,
+                      vocab_size=1000, special_ids=[4], budget=5)
+    chosen = np.asarray(out["mlm_weights"]).astype(bool)
+    pos = np.asarray(out["mlm_positions"])
+    assert pos.shape == (4, 5) and (chosen.sum(1) == 5).all()  # ~16 drawn per row, 5 kept
+    for r in range(4):
+        np.testing.assert_array_equal(pos[r], np.flatnonzero(chosen[r]))  # the first 5
+    masked = np.asarray(out["input_ids"])
+    np.testing.assert_array_equal(masked[~chosen], ids[~chosen])  # the rest stay as they were
+
+
+def test_mlm_decoder_at_masked_positions_equals_full_decoding(root):
+    c = config_for(root, "mlm")
+    task = make_task(c, init.load_tokenizer(c))
+    model = from_preset("tiny", "mlm", vocab_size=len(task.tokenizer))
+    rng = np.random.default_rng(0)
+    ids = rng.integers(10, len(task.tokenizer), (3, 24)).astype(np.int32)
+    seg = np.ones_like(ids)
+    seg[2, 20:] = 0
+    batch = task.prepare({"input_ids": jnp.asarray(ids), "segment_ids": jnp.asarray(seg),
+                          "weights": jnp.ones(3)}, jax.random.key(1))
+    budget = max_predictions(24, 0.15)
+    assert batch["mlm_positions"].shape == (3, budget)
+    params = model.init(jax.random.key(0), batch["input_ids"])
+    full = model.apply(params, batch["input_ids"], segment_ids=batch["segment_ids"])
+    sparse = model.apply(params, batch["input_ids"], segment_ids=batch["segment_ids"],
+                         mlm_positions=batch["mlm_positions"])
+    np.testing.assert_allclose(sparse.logits, jnp.take_along_axis(
+        full.logits, batch["mlm_positions"][..., None], axis=1), atol=1e-5)
+    dense = {k: v for k, v in batch.items() if k != "mlm_positions"}
+    loss, weight = task.loss(sparse, batch)
+    expect, expect_weight = task.loss(full, dense)
+    assert float(weight) == float(expect_weight) == float(batch["mlm_weights"].sum()) > 0
+    assert float(loss) == pytest.approx(float(expect), rel=1e-5)
 
 
 def test_clm_targets_stay_inside_documents(root):

@@ -199,7 +199,8 @@ class Bert(nn.Module):
     """BERT encoder with an optional task head (see HEADS).
 
     `segment_ids` ([B, T], 0 = padding, k = k-th packed document) replaces `attention_mask`
-    for packed pretraining rows: attention then never crosses documents."""
+    for packed pretraining rows: attention then never crosses documents. `mlm_positions`
+    ([B, P]) runs the MLM decoder at those positions only: logits are [B, P, vocab]."""
 
     config: BertConfig
     head: str | None = None
@@ -217,7 +218,8 @@ class Bert(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                 deterministic: bool = True, segment_ids=None) -> BertOutput:
+                 deterministic: bool = True, segment_ids=None,
+                 mlm_positions=None) -> BertOutput:
         c = self.config
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
@@ -243,4 +245,5 @@ class Bert(nn.Module):
             out = out.replace(pooler_output=pooled)
         if self.head is None:
             return out
-        return heads_lib.apply_head(self.head, c, self.num_labels, out, embeddings, deterministic)
+        return heads_lib.apply_head(self.head, c, self.num_labels, out, embeddings, deterministic,
+                                    mlm_positions)

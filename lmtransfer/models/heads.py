@@ -49,12 +49,16 @@ def _classifier_dropout(c):
     return layers.Dropout(rate)
 
 
-def apply_head(head: str, c, num_labels: int, out, embeddings, deterministic: bool):
-    """Returns `out` (a BertOutput) with the head's logits filled in. Logits are float32."""
+def apply_head(head: str, c, num_labels: int, out, embeddings, deterministic: bool,
+               mlm_positions=None):
+    """Returns `out` (a BertOutput) with the head's logits filled in. Logits are float32.
+    MLM logits are at `mlm_positions` ([B, P]) only when given."""
     f32 = lambda x: x.astype(jnp.float32)  # noqa: E731  (losses and metrics want float32)
     x = out.last_hidden_state
     if head in ("mlm", "pretraining"):
-        out = out.replace(logits=f32(MlmHead(c, name="mlm")(x, embeddings)))
+        h = x if mlm_positions is None else jnp.take_along_axis(
+            x, mlm_positions[..., None], axis=1)
+        out = out.replace(logits=f32(MlmHead(c, name="mlm")(h, embeddings)))
     if head in ("nsp", "pretraining"):
         out = out.replace(seq_relationship_logits=f32(_classifier(c, 2, "nsp")(out.pooler_output)))
     if head == "classification":

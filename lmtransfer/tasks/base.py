@@ -59,6 +59,10 @@ class Task(abc.ABC):
         e.g. MLM masking drawn from `rng`, which is a function of seed and step)."""
         return batch
 
+    def decoded_per_row(self, length: int) -> int | None:
+        """Positions per row an MLM decoder runs on, for FLOP accounting (None: all)."""
+        return None
+
     @abc.abstractmethod
     def load(self, split: str) -> Split:
         """Reads and featurizes `split` ('train', a dev split or a test split)."""

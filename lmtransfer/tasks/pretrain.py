@@ -4,7 +4,9 @@
        and nothing is predicted across documents (segment_ids).
   mlm  BERT's masked LM: each maskable token is chosen with probability `mask_rate` (0.15);
        chosen tokens become [MASK] 80%, a random token 10%, unchanged 10%; loss on the chosen
-       tokens only. `whole_word` chooses whole words (all their word pieces) instead.
+       tokens only. `whole_word` chooses whole words (all their word pieces) instead. The
+       decoder runs on `max_predictions` positions per row (see `max_predictions`); a row
+       never has more chosen tokens than that (extra ones stay unmasked).
        Training masks are drawn on the device from (seed, step) each step (dynamic masking,
        exact on resume); eval masks are drawn once per split from the seed, so eval loss is
        comparable between runs, batch sizes and meshes.
@@ -86,10 +88,31 @@ def corpus_tokenizer(config, workdir: str):
     return tokenization.load_tokenizer(out)
 
 
+def max_predictions(length: int, rate: float) -> int:
+    """Positions the MLM decoder runs on per row: the expected chosen tokens + 4 standard
+    deviations (a row of 128 tokens exceeds it with probability ~2e-5), at most `length`.
+
+    Like the original BERT's max_predictions_per_seq, this spares the vocabulary projection
+    (over half of MiniLM's MLM FLOPs) at the ~85% of positions that have no target.
+    """
+    mean = rate * length
+    return min(length, math.ceil(mean + 4 * math.sqrt(mean * (1 - rate))) + 1)
+
+
+def mlm_positions(chosen, budget: int):
+    """[B, budget] indices of each row's chosen tokens in order, then 0s (a position every
+    row has, so a batch cut to a shorter length bucket keeps valid indices)."""
+    pos = jnp.argsort(~chosen, axis=-1, stable=True)[:, :budget]
+    filled = jnp.arange(budget) < jnp.sum(chosen, axis=-1, keepdims=True)
+    return jnp.where(filled, pos, 0).astype(jnp.int32)
+
+
 def mask_tokens(rng, input_ids, segment_ids, word_start, *, rate: float, mask_id: int,
-                vocab_size: int, special_ids) -> dict:
+                vocab_size: int, special_ids, budget: int | None = None) -> dict:
     """BERT masking of a [B, T] batch (jit-traceable): returns the masked input_ids,
-    mlm_labels (the original ids) and mlm_weights (1 where a token was chosen)."""
+    mlm_labels (the original ids) and mlm_weights (1 where a token was chosen). With a
+    `budget`, at most that many tokens per row are chosen (any beyond stay unmasked and
+    unpredicted) and mlm_positions [B, budget] lists them for the decoder."""
     k_choose, k_how, k_random = jax.random.split(rng, 3)
     u = jax.random.uniform(k_choose, input_ids.shape)
     if word_start is not None:  # each token takes the draw of its word's first piece
@@ -98,12 +121,17 @@ def mask_tokens(rng, input_ids, segment_ids, word_start, *, rate: float, mask_id
         u = jnp.take_along_axis(u, first, axis=-1)
     maskable = (segment_ids > 0) & ~jnp.isin(input_ids, jnp.asarray(special_ids))
     chosen = (u < rate) & maskable
+    if budget is not None:
+        chosen &= jnp.cumsum(chosen, axis=-1) <= budget
     how = jax.random.uniform(k_how, input_ids.shape)
     random_ids = jax.random.randint(k_random, input_ids.shape, 0, vocab_size, input_ids.dtype)
     masked = jnp.where(chosen & (how < 0.8), mask_id,
                        jnp.where(chosen & (how >= 0.9), random_ids, input_ids))
-    return {"input_ids": masked, "mlm_labels": input_ids,
-            "mlm_weights": chosen.astype(jnp.float32)}
+    out = {"input_ids": masked, "mlm_labels": input_ids,
+           "mlm_weights": chosen.astype(jnp.float32)}
+    if budget is not None:
+        out["mlm_positions"] = mlm_positions(chosen, budget)
+    return out
 
 
 class PretrainTask(Task):
@@ -208,7 +236,16 @@ class PretrainTask(Task):
         return mask_tokens(rng, batch["input_ids"], batch["segment_ids"],
                            batch.get("word_start") if self.whole_word else None,
                            rate=self.data.mask_rate, mask_id=self.tokenizer.mask_token_id,
-                           vocab_size=len(self.tokenizer), special_ids=self.special_ids)
+                           vocab_size=len(self.tokenizer), special_ids=self.special_ids,
+                           budget=self.decoded_per_row(batch["input_ids"].shape[-1]))
+
+    def decoded_per_row(self, length: int) -> int | None:
+        """config.data.max_predictions resolved for rows of `length` (None: every position)."""
+        if self.objective != "mlm" or not self.data.max_predictions:
+            return None
+        if self.data.max_predictions < 0:
+            return max_predictions(length, self.data.mask_rate)
+        return min(length, self.data.max_predictions)
 
     def _fixed_masks(self, features):
         keys = ("input_ids", "segment_ids") + (("word_start",) if self.whole_word else ())
@@ -224,8 +261,12 @@ class PretrainTask(Task):
     def _targets(self, outputs, batch):
         """(logits, targets, weights) of the predicted positions."""
         if self.objective == "mlm":
-            w = batch["mlm_weights"] * batch["weights"][:, None]
-            return outputs.logits, batch["mlm_labels"], w
+            labels, w = batch["mlm_labels"], batch["mlm_weights"]
+            if "mlm_positions" in batch:  # logits at these positions only
+                pos = batch["mlm_positions"]
+                labels = jnp.take_along_axis(labels, pos, axis=1)
+                w = jnp.take_along_axis(w, pos, axis=1)
+            return outputs.logits, labels, w * batch["weights"][:, None]
         seg = batch["segment_ids"]
         w = ((seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)).astype(jnp.float32)
         return outputs.logits[:, :-1], batch["input_ids"][:, 1:], w * batch["weights"][:, None]

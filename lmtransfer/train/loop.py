@@ -174,8 +174,9 @@ def train(config, workdir: str) -> dict:
                 else:
                     tokens = batcher.tokens(idx)
                     meter.tokens += tokens
+                    length = batch["input_ids"].shape[1]
                     meter.flops += tokens * perf.train_flops_per_token(
-                        model, batch["input_ids"].shape[1])
+                        model, length, task.decoded_per_row(length))
                 if pending is not None:  # read the previous step's metrics: no device stall
                     guard.check(*pending[:2])
                     _log_step(writer, progress, meter, *pending, t.log_every, total, guard)

@@ -10,7 +10,8 @@ import optax
 
 from lmtransfer.train.state import TrainState
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "segment_ids")
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "segment_ids",
+                "mlm_positions")
 
 
 def _apply(model, params, batch, deterministic, rng=None):
