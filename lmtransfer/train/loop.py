@@ -202,7 +202,11 @@ def train(config, workdir: str) -> dict:
                 results = {"final": run_eval(total), "final_step": total, "best": best,
                            "train_seconds": train_seconds, "train_tokens_per_s": tokens_per_s,
                            "train_tflops_per_device": meter.rates()["tflops_per_device"],
-                           "skipped_updates": guard.skipped}
+                           "skipped_updates": guard.skipped,
+                           # what picks the best checkpoint (and a sweep's grid point)
+                           "selection": {"split": eval_splits[0].name,
+                                         "metric": task.main_metric,
+                                         "greater_is_better": bool(task.greater_is_better)}}
                 save(total)
                 ckpt.wait()
                 _write_outputs(config, workdir, task, eval_fn, eval_splits, mesh, rules, buckets,

@@ -1,0 +1,209 @@
+"""Sweeps: a table config expanded into runs (task x grid point x seed), run one after another
+or printed one command per run; the grid point is picked per task on the dev split, and every
+split's metrics are aggregated as mean ± std over seeds.
+
+    python -m lmtransfer.sweep --table configs/tables/<file>.py[:k=v,...] --out DIR
+        [--print] [--only TASK,...]
+
+A table file defines `get_table(arg)` returning a dict: `name`, `seeds` (list), and `tasks`, a
+list of dicts with `name`, `config` ("configs/<file>.py:args", as for lmtransfer.main),
+`overrides` ({"data.dir": ...}), `grid` ({"optim.lr": [...], ...}) and optionally `paper`
+({metric: value}) and `source` (where the paper's numbers are from). Run i of task T lives in
+`DIR/T/<k=v,...>/seed<s>`: a run with `results.json` is done and skipped, one with only
+checkpoints resumes (lmtransfer.main's exact resume), so an interrupted sweep is rerun with the
+same command. The selection reads each run's `results.json` `selection` (the task's dev split
+and main metric) and never looks at any other split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import logging
+import os
+import shlex
+import sys
+
+import numpy as np
+
+from lmtransfer import config as config_lib
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    task: str
+    config: str  # "configs/<file>.py[:args]"
+    overrides: tuple[tuple[str, object], ...]  # table overrides, then the grid point, then seed
+    point: tuple[tuple[str, object], ...]
+    seed: int
+    workdir: str
+
+    @property
+    def point_name(self) -> str:
+        return ",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in self.point) or "default"
+
+    def all_overrides(self) -> list[tuple[str, object]]:
+        return [*self.overrides, *self.point, ("seed", self.seed)]
+
+    def status(self) -> str:
+        if os.path.exists(os.path.join(self.workdir, "results.json")):
+            return "done"
+        return "partial" if os.path.isdir(os.path.join(self.workdir, "checkpoints")) else "todo"
+
+    def command(self) -> str:
+        flags = [f"--config.{k}={_flag(v)}" for k, v in self.all_overrides()]
+        return shlex.join([sys.executable, "-m", "lmtransfer.main", "--config", self.config,
+                           *flags, "--workdir", self.workdir])
+
+    def make_config(self):
+        path, _, arg = self.config.partition(":")
+        c = config_lib._import_config_file(path).get_config(arg or None)
+        for key, value in self.all_overrides():
+            *parents, leaf = key.split(".")
+            node = c
+            for part in parents:
+                node = _field(node, part, key, self)
+            _field(node, leaf, key, self)
+            node[leaf] = value
+        return c
+
+
+def _field(node, name: str, key: str, run: Run):
+    if name not in node:
+        raise ValueError(f"table override {key!r}: the config of {run.task} ({run.config}) "
+                         f"has no field {name!r}")
+    return node[name]
+
+
+def _flag(v) -> str:
+    return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+
+def load_table(spec: str) -> dict:
+    path, _, arg = spec.partition(":")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--table: {path} does not exist")
+    import importlib.util
+    mod_spec = importlib.util.spec_from_file_location("_lmtransfer_table", path)
+    mod = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(mod)
+    if not hasattr(mod, "get_table"):
+        raise ValueError(f"--table: {path} has no get_table(arg) function")
+    table = mod.get_table(arg or None)
+    for i, t in enumerate(table["tasks"]):
+        missing = {"name", "config"} - set(t)
+        if missing:
+            raise ValueError(f"{path}: task {i} has no {sorted(missing)}")
+    return table
+
+
+def expand(table: dict, out: str, only: tuple[str, ...] = ()) -> list[Run]:
+    """Every (task, grid point, seed) of the table, in table order."""
+    names = [t["name"] for t in table["tasks"]]
+    unknown = set(only) - set(names)
+    if unknown:
+        raise ValueError(f"--only {sorted(unknown)}: the table's tasks are {names}")
+    runs = []
+    for t in table["tasks"]:
+        if only and t["name"] not in only:
+            continue
+        grid = t.get("grid", {})
+        keys = sorted(grid)
+        for values in itertools.product(*(grid[k] for k in keys)):
+            point = tuple(zip(keys, values, strict=True))
+            for seed in table["seeds"]:
+                run = Run(t["name"], t["config"], tuple(t.get("overrides", {}).items()), point,
+                          int(seed), "")
+                runs.append(dataclasses.replace(run, workdir=os.path.join(
+                    out, t["name"], run.point_name, f"seed{seed}")))
+    return runs
+
+
+def execute(runs: list[Run]) -> None:
+    """Runs every run that is not done, one after another (resuming partial ones)."""
+    from lmtransfer import main
+
+    for i, run in enumerate(runs):
+        state = run.status()
+        if state == "done":
+            log.info("[%d/%d] %s %s seed %d: done, skipped", i + 1, len(runs), run.task,
+                     run.point_name, run.seed)
+            continue
+        log.info("[%d/%d] %s %s seed %d: %s", i + 1, len(runs), run.task, run.point_name,
+                 run.seed, "resuming" if state == "partial" else "starting")
+        main.run(run.make_config(), run.workdir)
+
+
+def collect(runs: list[Run]) -> list[dict]:
+    """One row per finished run: its task, grid point, seed and every split's metrics."""
+    rows = []
+    for run in runs:
+        path = os.path.join(run.workdir, "results.json")
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            res = json.load(f)
+        rows.append(dict(task=run.task, point=run.point_name, seed=run.seed,
+                         workdir=run.workdir, selection=res["selection"],
+                         metrics=res["best"]["results"], train_seconds=res["train_seconds"]))
+    return rows
+
+
+def select(rows: list[dict]) -> dict[str, dict]:
+    """Per task: the grid point with the best mean dev metric over its seeds, and mean ± std
+    (sample std, n seeds) of every split's metrics at that point. Only the selection split
+    (the task's dev split) is read to choose."""
+    out = {}
+    for task in dict.fromkeys(r["task"] for r in rows):
+        mine = [r for r in rows if r["task"] == task]
+        sel = mine[0]["selection"]
+        sign = 1 if sel["greater_is_better"] else -1
+        by_point = {}
+        for r in mine:
+            by_point.setdefault(r["point"], []).append(r)
+        dev = {p: float(np.mean([r["metrics"][sel["split"]][sel["metric"]] for r in rs]))
+               for p, rs in by_point.items()}
+        best = max(dev, key=lambda p: sign * dev[p])
+        chosen = by_point[best]
+        stats = {}
+        for split in chosen[0]["metrics"]:
+            for metric in chosen[0]["metrics"][split]:
+                v = np.array([r["metrics"][split][metric] for r in chosen], float)
+                stats.setdefault(split, {})[metric] = dict(
+                    mean=float(v.mean()), std=float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                    n=len(v))
+        out[task] = dict(point=best, selection=sel, dev_by_point=dev, stats=stats,
+                         seeds=sorted(r["seed"] for r in chosen))
+    return out
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--table", required=True, help="configs/tables/<file>.py[:k=v,...]")
+    p.add_argument("--out", required=True, help="the sweep directory")
+    p.add_argument("--print", action="store_true", help="print one command per unfinished run")
+    p.add_argument("--only", default="", help="comma-separated task names")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    table = load_table(a.table)
+    out = os.path.abspath(os.path.expanduser(a.out))
+    runs = expand(table, out, tuple(filter(None, a.only.split(","))))
+    if a.print:
+        for run in runs:
+            if run.status() != "done":
+                print(run.command())
+        return {}
+    execute(runs)
+    summary = {"table": table.get("name", a.table), "selected": select(collect(runs))}
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

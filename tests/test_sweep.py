@@ -1,0 +1,95 @@
+"""Sweeps: grid expansion, skip/resume, best-on-dev selection, mean ± std aggregation."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from lmtransfer import sweep
+from tests.glue_data import make_glue
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_table(path, root, seeds=(0,), lrs=(1e-3, 1e-4)):
+    path.write_text(f'''
+def get_table(arg=None):
+    return dict(name="tiny", seeds={list(seeds)}, tasks=[
+        dict(name="MRPC", config="{REPO}/configs/glue.py:task=mrpc,model=tiny",
+             overrides={{"data.dir": "{root}", "train.steps": 2, "train.checkpoint_every": 1}},
+             grid={{"optim.lr": {list(lrs)}}}, paper={{"f1": 88.9}}),
+        dict(name="RTE", config="{REPO}/configs/glue.py:task=rte,model=tiny",
+             overrides={{"data.dir": "{root}"}},
+             grid={{"optim.lr": [5e-5], "train.epochs": [2.0, 3.0]}}),
+    ])
+''')
+    return str(path)
+
+
+def test_grid_expansion_and_configs(tmp_path):
+    table = sweep.load_table(write_table(tmp_path / "t.py", "/data", seeds=(0, 1)))
+    runs = sweep.expand(table, str(tmp_path / "out"))
+    assert len(runs) == 2 * 2 + 2 * 2  # MRPC: 2 lrs x 2 seeds; RTE: 2 epochs x 2 seeds
+    assert len({r.workdir for r in runs}) == len(runs)
+    first = runs[0]
+    assert first.workdir == str(tmp_path / "out" / "MRPC" / "lr=0.001" / "seed0")
+    c = first.make_config()
+    assert (c.optim.lr, c.seed, c.data.dir, c.train.steps) == (1e-3, 0, "/data", 2)
+    assert "--config.optim.lr=0.001" in first.command() and "--config.seed=0" in first.command()
+    rte = [r for r in runs if r.task == "RTE"]
+    assert {r.point_name for r in rte} == {"lr=5e-05,epochs=2.0", "lr=5e-05,epochs=3.0"}
+    assert len(sweep.expand(table, "out", only=("RTE",))) == 4
+    with pytest.raises(ValueError, match="SST2"):
+        sweep.expand(table, "out", only=("SST2",))
+    bad = dict(table, tasks=[dict(table["tasks"][0], overrides={"optim.learning_rate": 1})])
+    with pytest.raises(ValueError, match="no field 'learning_rate'"):
+        sweep.expand(bad, "out")[0].make_config()
+
+
+def row(point, seed, dev, test, task="T", greater=True):
+    return dict(task=task, point=point, seed=seed, workdir="", train_seconds=1.0,
+                selection={"split": "dev", "metric": "f1", "greater_is_better": greater},
+                metrics={"dev": {"f1": dev}, "test": {"f1": test}})
+
+
+def test_selection_is_on_dev_only_and_aggregates_over_seeds():
+    rows = [row("lr=a", 0, 80.0, 60.0), row("lr=a", 1, 82.0, 61.0), row("lr=a", 2, 84.0, 62.0),
+            row("lr=b", 0, 79.0, 90.0), row("lr=b", 1, 81.0, 91.0), row("lr=b", 2, 83.0, 92.0)]
+    out = sweep.select(rows)["T"]
+    assert out["point"] == "lr=a"  # best mean dev (82 > 81) though test prefers lr=b
+    assert out["dev_by_point"] == {"lr=a": 82.0, "lr=b": 81.0}
+    assert out["stats"]["dev"]["f1"] == dict(mean=82.0, std=2.0, n=3)
+    assert out["stats"]["test"]["f1"]["mean"] == 61.0
+    assert out["stats"]["test"]["f1"]["std"] == pytest.approx(np.std([60, 61, 62], ddof=1))
+    # lower is better (a loss): the smaller mean dev wins
+    low = sweep.select([row("x", 0, 2.0, 0.0, greater=False), row("y", 0, 1.0, 9.0,
+                                                                   greater=False)])
+    assert low["T"]["point"] == "y"
+
+
+def test_tiny_sweep_runs_skips_finished_and_resumes_partial(tmp_path, monkeypatch):
+    root = make_glue(str(tmp_path / "glue"), n_train=32)
+    table = write_table(tmp_path / "t.py", root)
+    out = tmp_path / "sweep"
+    args = ["--table", table, "--out", str(out), "--only", "MRPC"]
+    summary = sweep.main(args)
+    sel = summary["selected"]["MRPC"]
+    assert sel["selection"]["split"] == "dev" and sel["point"] in ("lr=0.001", "lr=0.0001")
+    assert set(sel["dev_by_point"]) == {"lr=0.001", "lr=0.0001"}
+    assert json.loads((out / "summary.json").read_text())["selected"]["MRPC"]["point"] == (
+        sel["point"])
+
+    started = []
+    from lmtransfer import main as main_lib
+    real = main_lib.run
+    monkeypatch.setattr(main_lib, "run", lambda c, w: started.append(w) or real(c, w))
+    sweep.main(args)
+    assert started == []  # everything finished: nothing reruns
+    partial = out / "MRPC" / "lr=0.0001" / "seed0"
+    (partial / "results.json").unlink()  # as if killed after its last checkpoint
+    runs = sweep.expand(sweep.load_table(table), str(out), only=("MRPC",))
+    assert [r.status() for r in runs] == ["done", "partial"]
+    again = sweep.main(args)
+    assert started == [str(partial)]
+    assert again["selected"]["MRPC"]["dev_by_point"] == sel["dev_by_point"]  # exact resume
