@@ -198,7 +198,11 @@ def main(argv=None) -> dict:
                 print(run.command())
         return {}
     execute(runs)
-    summary = {"table": table.get("name", a.table), "selected": select(collect(runs))}
+    rows = collect(runs)
+    summary = {"table": table.get("name", a.table), "command": shlex.join(sys.argv),
+               "tasks": {t["name"]: {k: t.get(k) for k in ("paper", "source", "config")}
+                         for t in table["tasks"]},
+               "selected": select(rows), "runs": rows}
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)

@@ -93,3 +93,15 @@ def test_tiny_sweep_runs_skips_finished_and_resumes_partial(tmp_path, monkeypatc
     again = sweep.main(args)
     assert started == [str(partial)]
     assert again["selected"]["MRPC"]["dev_by_point"] == sel["dev_by_point"]  # exact resume
+
+    from lmtransfer import report
+    md = open(report.main([str(out)])).read()
+    acc = again["selected"]["MRPC"]["stats"]["dev"]["accuracy"]
+    assert f"| MRPC | dev | accuracy | {100 * acc['mean']:.2f} ± 0.00 (1) |" in md
+    assert "| MRPC | dev | f1 |" in md and "| 88.90 |" in md  # the paper's number beside ours
+    for png in ("dev_MRPC.png", "curves_MRPC.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    import csv
+    rows = list(csv.DictReader(open(out / "runs.csv")))
+    assert {r["grid_point"] for r in rows} == {"lr=0.001", "lr=0.0001"}
+    assert {r["split"] for r in rows} == {"dev"}
