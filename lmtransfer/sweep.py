@@ -61,6 +61,8 @@ class Run:
 
     def make_config(self):
         path, _, arg = self.config.partition(":")
+        if not os.path.exists(path) and not os.path.isabs(path):  # relative to the checkout
+            path = os.path.join(os.path.dirname(os.path.dirname(__file__)), path)
         c = config_lib._import_config_file(path).get_config(arg or None)
         for key, value in self.all_overrides():
             *parents, leaf = key.split(".")

@@ -105,3 +105,24 @@ def test_tiny_sweep_runs_skips_finished_and_resumes_partial(tmp_path, monkeypatc
     rows = list(csv.DictReader(open(out / "runs.csv")))
     assert {r["grid_point"] for r in rows} == {"lr=0.001", "lr=0.0001"}
     assert {r["split"] for r in rows} == {"dev"}
+
+
+@pytest.mark.parametrize("spec", [
+    "bert_paper.py:size=large,uncased=/u,cased=/c,seeds=2",
+    "bert_paper.py:uncased=/u,tables=glue,seeds=1",
+    "minilm_cpu.py:data=/d"])
+def test_table_configs_build_every_run(spec):
+    table = sweep.load_table(os.path.join(REPO, "configs", "tables", spec))
+    runs = sweep.expand(table, "out")
+    assert runs and len({r.workdir for r in runs}) == len(runs)
+    for run in runs:  # every override names a real field of its config
+        c = run.make_config()
+        assert c.seed == run.seed and c.optim.lr == dict(run.point)["optim.lr"]
+    if spec.startswith("bert_paper.py:size=large"):
+        tasks = {t["name"]: t for t in table["tasks"]}
+        assert tasks["MRPC"]["paper"] == {"f1": 89.3}
+        assert tasks["SQuAD-v2.0"]["paper"] == {"exact_match": 78.7, "f1": 81.9}
+        assert len([r for r in runs if r.task == "RTE"]) == 4 * 2  # 4 lrs x 2 seeds
+    with pytest.raises(ValueError, match="cased"):
+        sweep.load_table(os.path.join(REPO, "configs", "tables", "bert_paper.py:tables=conll,"
+                                      "uncased=/u"))
