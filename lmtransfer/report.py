@@ -18,6 +18,13 @@ import json
 import os
 
 
+def _shown(metric: str, selection: dict) -> bool:
+    """Scores, not bookkeeping (example counts, eval speed; loss unless it is the score)."""
+    if metric == "examples" or metric.endswith("_per_s"):
+        return False
+    return metric != "loss" or selection["metric"] == "loss"
+
+
 def _fmt(x: float) -> str:
     return f"{x:.2f}"
 
@@ -43,6 +50,8 @@ def markdown(summary: dict) -> str:
         paper = (summary["tasks"].get(task) or {}).get("paper") or {}
         for split, metrics in sel["stats"].items():
             for metric, st in metrics.items():
+                if not _shown(metric, sel["selection"]):
+                    continue
                 f = scale[task, split, metric]
                 mean, std = f * st["mean"], f * st["std"]
                 # paper numbers: {"dev/f1": ..} or {"f1": ..} for the selection (dev) split
@@ -123,7 +132,7 @@ def plots(summary: dict, out: str) -> list[str]:
         fig, ax = plt.subplots(figsize=(4.5, 3.2))
         for r in runs:
             if r["point"] == sel["point"]:
-                ax.plot(*_losses(r["workdir"]), label=f"seed {r['seed']}", lw=1)
+                ax.plot(*_losses(r["workdir"]), label=f"seed {r['seed']}", lw=1, marker=".")
         ax.set_xlabel("step")
         ax.set_ylabel("train loss")
         ax.set_title(f"{task}: training loss at {sel['point']}", fontsize=9)

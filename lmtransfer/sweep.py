@@ -189,8 +189,15 @@ def main(argv=None) -> dict:
     p.add_argument("--out", required=True, help="the sweep directory")
     p.add_argument("--print", action="store_true", help="print one command per unfinished run")
     p.add_argument("--only", default="", help="comma-separated task names")
+    p.add_argument("--compilation_cache", default="~/.cache/lmtransfer/xla",
+                   help="JAX's persistent compilation cache ('' = off): runs of one task "
+                        "share compiled steps")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if a.compilation_cache and not a.print:
+        import jax
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(a.compilation_cache))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     table = load_table(a.table)
     out = os.path.abspath(os.path.expanduser(a.out))
     runs = expand(table, out, tuple(filter(None, a.only.split(","))))
@@ -201,7 +208,9 @@ def main(argv=None) -> dict:
         return {}
     execute(runs)
     rows = collect(runs)
-    summary = {"table": table.get("name", a.table), "command": shlex.join(sys.argv),
+    command = shlex.join(["python", "-m", "lmtransfer.sweep",
+                          *(sys.argv[1:] if argv is None else argv)])
+    summary = {"table": table.get("name", a.table), "command": command,
                "tasks": {t["name"]: {k: t.get(k) for k in ("paper", "source", "config")}
                          for t in table["tasks"]},
                "selected": select(rows), "runs": rows}

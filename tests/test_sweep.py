@@ -72,7 +72,7 @@ def test_tiny_sweep_runs_skips_finished_and_resumes_partial(tmp_path, monkeypatc
     root = make_glue(str(tmp_path / "glue"), n_train=32)
     table = write_table(tmp_path / "t.py", root)
     out = tmp_path / "sweep"
-    args = ["--table", table, "--out", str(out), "--only", "MRPC"]
+    args = ["--table", table, "--out", str(out), "--only", "MRPC", "--compilation_cache", ""]
     summary = sweep.main(args)
     sel = summary["selected"]["MRPC"]
     assert sel["selection"]["split"] == "dev" and sel["point"] in ("lr=0.001", "lr=0.0001")
