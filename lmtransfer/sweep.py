@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 class Run:
     task: str
     config: str  # "configs/<file>.py[:args]"
-    overrides: tuple[tuple[str, object], ...]  # table overrides, then the grid point, then seed
+    overrides: tuple[tuple[str, object], ...]  # the table's fixed ones, e.g. ("data.dir", ...)
     point: tuple[tuple[str, object], ...]
     seed: int
     workdir: str
