@@ -100,14 +100,15 @@ def parse_arg(arg: str | None, **defaults):
     return out
 
 
-def _import_config_file(path: str):
+def import_config_file(path: str, function: str = "get_config", flag: str = "--config"):
+    """The module of a config (or table) file that defines `function(arg)`."""
     if not os.path.exists(path):
-        raise FileNotFoundError(f"--config: {path} does not exist")
-    spec = importlib.util.spec_from_file_location("_lmtransfer_config", path)
+        raise FileNotFoundError(f"{flag}: {path} does not exist")
+    spec = importlib.util.spec_from_file_location(f"_lmtransfer_{function}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    if not hasattr(mod, "get_config"):
-        raise ValueError(f"--config: {path} has no get_config(arg) function")
+    if not hasattr(mod, function):
+        raise ValueError(f"{flag}: {path} has no {function}(arg) function")
     return mod
 
 
@@ -125,7 +126,7 @@ def check_overrides(argv: Sequence[str], flag: str = "config") -> None:
     if file_arg is None:
         return
     path, _, arg = file_arg.partition(":")
-    config = _import_config_file(path).get_config(arg or None)
+    config = import_config_file(path).get_config(arg or None)
     for a in argv:
         if not a.startswith(f"--{flag}."):
             continue

@@ -63,7 +63,7 @@ class Run:
         path, _, arg = self.config.partition(":")
         if not os.path.exists(path) and not os.path.isabs(path):  # relative to the checkout
             path = os.path.join(os.path.dirname(os.path.dirname(__file__)), path)
-        c = config_lib._import_config_file(path).get_config(arg or None)
+        c = config_lib.import_config_file(path).get_config(arg or None)
         for key, value in self.all_overrides():
             *parents, leaf = key.split(".")
             node = c
@@ -87,14 +87,7 @@ def _flag(v) -> str:
 
 def load_table(spec: str) -> dict:
     path, _, arg = spec.partition(":")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--table: {path} does not exist")
-    import importlib.util
-    mod_spec = importlib.util.spec_from_file_location("_lmtransfer_table", path)
-    mod = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(mod)
-    if not hasattr(mod, "get_table"):
-        raise ValueError(f"--table: {path} has no get_table(arg) function")
+    mod = config_lib.import_config_file(path, "get_table", "--table")
     table = mod.get_table(arg or None)
     for i, t in enumerate(table["tasks"]):
         missing = {"name", "config"} - set(t)
