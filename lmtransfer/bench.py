@@ -102,8 +102,8 @@ class _Loss:
     def prepare(self, batch, rng):
         if self.head != "mlm":
             return batch
-        chosen = batch["masked"] & (jnp.cumsum(batch["masked"], axis=-1) <= self.budget)
-        return {**batch, "masked": chosen, "mlm_positions": mlm_positions(chosen, self.budget)}
+        chosen, positions = mlm_positions(batch["masked"], self.budget)
+        return {**batch, "masked": chosen, "mlm_positions": positions}
 
     def loss(self, out, b):
         if self.head == "mlm":

@@ -100,11 +100,13 @@ def max_predictions(length: int, rate: float) -> int:
 
 
 def mlm_positions(chosen, budget: int):
-    """[B, budget] indices of each row's chosen tokens in order, then 0s (a position every
-    row has, so a batch cut to a shorter length bucket keeps valid indices)."""
+    """(chosen capped at `budget` per row (the first ones kept), [B, budget] indices of the
+    kept tokens in order, then 0s: a position every row has, so a batch cut to a shorter
+    length bucket keeps valid indices)."""
+    chosen &= jnp.cumsum(chosen, axis=-1) <= budget
     pos = jnp.argsort(~chosen, axis=-1, stable=True)[:, :budget]
     filled = jnp.arange(budget) < jnp.sum(chosen, axis=-1, keepdims=True)
-    return jnp.where(filled, pos, 0).astype(jnp.int32)
+    return chosen, jnp.where(filled, pos, 0).astype(jnp.int32)
 
 
 def mask_tokens(rng, input_ids, segment_ids, word_start, *, rate: float, mask_id: int,
@@ -122,7 +124,7 @@ def mask_tokens(rng, input_ids, segment_ids, word_start, *, rate: float, mask_id
     maskable = (segment_ids > 0) & ~jnp.isin(input_ids, jnp.asarray(special_ids))
     chosen = (u < rate) & maskable
     if budget is not None:
-        chosen &= jnp.cumsum(chosen, axis=-1) <= budget
+        chosen, positions = mlm_positions(chosen, budget)
     how = jax.random.uniform(k_how, input_ids.shape)
     random_ids = jax.random.randint(k_random, input_ids.shape, 0, vocab_size, input_ids.dtype)
     masked = jnp.where(chosen & (how < 0.8), mask_id,
@@ -130,7 +132,7 @@ def mask_tokens(rng, input_ids, segment_ids, word_start, *, rate: float, mask_id
     out = {"input_ids": masked, "mlm_labels": input_ids,
            "mlm_weights": chosen.astype(jnp.float32)}
     if budget is not None:
-        out["mlm_positions"] = mlm_positions(chosen, budget)
+        out["mlm_positions"] = positions
     return out
 
 
