@@ -247,10 +247,10 @@ def main(argv=None):
     kind = jax.devices()[0].device_kind
     peak = perf.peak_flops()
     peak_source = "device table"
-    if peak is None and jax.devices()[0].platform == "cpu":
+    on_cpu = jax.devices()[0].platform == "cpu"
+    if peak is None and on_cpu:
         peak, peak_source = measure_matmul_peak(), "measured fp32 matmul"
     # Simulated CPU devices share the host whose peak was measured; real devices add up.
-    on_cpu = jax.devices()[0].platform == "cpu"
     peak_total = peak * (1 if on_cpu else a.devices) if peak else None
     print(f"device: {kind} x{a.devices}; model {a.model}, head {a.head}, "
           f"{a.dtype}; MFU peak {peak_total / 1e12 if peak else 0:.3f} TFLOP/s "
