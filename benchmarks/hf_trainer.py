@@ -9,7 +9,9 @@ windows and labels) and the same recipe (batch, epochs, lr, warmup, weight decay
 clip, linear decay, seed). The Trainer pads each batch dynamically (its default collators).
 Its predictions are scored by the lmtransfer task (scikit-learn / scipy, seqeval, the official
 SQuAD rules), so the metrics are computed identically. Writes `<out>/results.json` with the
-eval metrics, wall time and tokens/s. Needs `pip install -e ".[bench]"`.
+final model's metrics per eval split (`final`, keyed like lmtransfer's), the `selection` split
+and metric a sweep picks on, train time and tokens/s. `python -m lmtransfer.sweep --peer hf`
+runs it for every run of a table. Needs `pip install -e ".[bench]"`.
 """
 
 import json
@@ -65,6 +67,7 @@ def main(_):
     import torch
     import transformers
 
+    from lmtransfer import logs
     from lmtransfer.tasks import make_task
     from lmtransfer.train import init
 
@@ -93,9 +96,11 @@ def main(_):
     args = transformers.TrainingArguments(
         output_dir=os.path.join(_OUT.value, "trainer"), per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.eval_batch_size, learning_rate=o.lr,
-        num_train_epochs=t.epochs, warmup_steps=o.warmup_steps or o.warmup_ratio,
+        num_train_epochs=t.epochs, max_steps=t.steps or -1,
+        warmup_steps=o.warmup_steps or o.warmup_ratio,
         weight_decay=o.weight_decay, max_grad_norm=o.max_grad_norm, lr_scheduler_type=o.decay,
-        adam_beta1=o.b1, adam_beta2=o.b2, adam_epsilon=o.eps, seed=c.seed, logging_steps=50,
+        adam_beta1=o.b1, adam_beta2=o.b2, adam_epsilon=o.eps, seed=c.seed,
+        logging_steps=t.log_every,
         save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0)
     trainer = transformers.Trainer(model=model, args=args, train_dataset=_rows(task, train_split),
                                    data_collator=collator)
@@ -105,15 +110,23 @@ def main(_):
     results = {}
     for split in eval_splits:
         output = trainer.predict(_rows(task, split)).predictions
-        results[split.name] = task.evaluate(split, _predictions(task, split, output))
-    tokens = int(train_split.features["length"].sum()) * t.epochs
-    result = {"config": c.get("data", {}).to_dict(), "seed": c.seed, "eval": results,
-              "main_metric": task.main_metric, "train_seconds": train_s,
+        results[split.name] = {**task.evaluate(split, _predictions(task, split, output)),
+                               "examples": len(split)}
+    epochs = t.steps * t.batch_size / len(train_split) if t.steps else t.epochs
+    tokens = int(train_split.features["length"].sum()) * epochs
+    result = {"config": c.get("data", {}).to_dict(), "seed": c.seed, "final": results,
+              "selection": {"split": eval_splits[0].name, "metric": task.main_metric,
+                            "greater_is_better": bool(task.greater_is_better)},
+              "train_seconds": train_s,
               "train_tokens_per_s": tokens / train_s, "steps": out.global_step,
               "torch_threads": torch.get_num_threads()}
     os.makedirs(_OUT.value, exist_ok=True)
-    with open(os.path.join(_OUT.value, "results.json"), "w") as f:
-        json.dump(result, f, indent=2, default=str)
+    with open(os.path.join(_OUT.value, "metrics.jsonl"), "w") as f:  # lmtransfer's format
+        for row in trainer.state.log_history:
+            if "loss" in row:
+                f.write(json.dumps({"kind": "train", "step": row["step"], "loss": row["loss"]})
+                        + "\n")
+    logs.write_json(os.path.join(_OUT.value, "results.json"), result)  # last: marks it done
     print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=2))
 
 

@@ -1,13 +1,15 @@
 """A sweep's report: the paper's layout with our mean ± std beside the paper's numbers.
 
-    python -m lmtransfer.report <sweep dir>
+    python -m lmtransfer.report <sweep dir> [--out DIR]
 
 Reads `<sweep dir>/summary.json` (written by lmtransfer.sweep) and each run's `metrics.jsonl`,
-and writes into the sweep dir: `results.md` (per task: every metric of every split at the grid
-point chosen on dev, as mean ± std over n seeds, the paper's number and the difference; then
-the dev metric of every grid point), `runs.csv` (one row per run, split and metric), and PNG
-plots: `dev_<task>.png` (dev metric per grid point, each seed a dot, mean ± std bars) and
-`curves_<task>.png` (training loss of every run at the chosen point).
+and writes into `--out` (default: the sweep dir): `results.md` (per task: every metric of every
+split at the grid point chosen on dev, as mean ± std over n seeds, the peer's (`--peer hf`, the
+HF Trainer on the same runs) and the paper's numbers and the differences; then the dev metric
+of every grid point and the wall time of each side), `runs.csv` (one row per run, side, split
+and metric), and PNG plots in `plots/`, linked from results.md: `dev_<task>.png` (dev metric
+per grid point, each seed a dot, mean ± std bars, the peer beside) and `curves_<task>.png`
+(training loss of every run at the chosen point).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def _factors(summary: dict) -> dict:
     """(task, split, metric) -> 100 for fractions (accuracy, F1, MCC, correlations: every run
     within [-1, 1]), so they print as percentages like the paper's tables; else 1."""
     values = {}
-    for r in summary["runs"]:
+    for r in _all_runs(summary):
         for split, metrics in r["metrics"].items():
             for metric, v in metrics.items():
                 values.setdefault((r["task"], split, metric), []).append(v)
@@ -41,10 +43,32 @@ def _factors(summary: dict) -> dict:
             else 1 for k, vs in values.items()}
 
 
+PEER_NAMES = {"hf": "HF Trainer"}
+
+
+def _all_runs(summary: dict) -> list[dict]:
+    """lmtransfer's runs, then every peer's (each with its `side`)."""
+    runs = [dict(r, side="lmtransfer") for r in summary["runs"]]
+    for peer, info in summary.get("peers", {}).items():
+        runs += [dict(r, side=peer) for r in info["runs"]]
+    return runs
+
+
+def _cell(st: dict | None, f: float) -> str:
+    return "" if st is None else f"{_fmt(f * st['mean'])} ± {_fmt(f * st['std'])} ({st['n']})"
+
+
 def markdown(summary: dict) -> str:
-    lines = [f"# {summary['table']}", "", f"Made by `{summary.get('command', '')}`.", ""]
-    lines += ["| task | split | metric | ours (mean ± std, n) | paper | ours − paper "
-              "| grid point |", "|---|---|---|---:|---:|---:|---|"]
+    commands = summary.get("commands", {})
+    peers = summary.get("peers", {})
+    lines = [f"# {summary['table']}", "", "Made by " + ", then ".join(
+        f"`{c}`" for c in commands.values()) + ".", ""]
+    head = "| task | split | metric | ours (mean ± std, n) |"
+    for peer in peers:
+        name = PEER_NAMES.get(peer, peer)
+        head += f" {name} (mean ± std, n) | ours − {name} |"
+    lines += [head + " paper | ours − paper | grid point |",
+              "|---|---|---|" + "---:|" * (1 + 2 * len(peers)) + "---:|---:|---|"]
     scale = _factors(summary)
     for task, sel in summary["selected"].items():
         paper = (summary["tasks"].get(task) or {}).get("paper") or {}
@@ -53,14 +77,18 @@ def markdown(summary: dict) -> str:
                 if not _shown(metric, sel["selection"]):
                     continue
                 f = scale[task, split, metric]
-                mean, std = f * st["mean"], f * st["std"]
+                row = f"| {task} | {split} | {metric} | {_cell(st, f)} |"
+                for info in peers.values():
+                    other = (info["selected"].get(task, {}).get("stats", {}).get(split, {})
+                             .get(metric))
+                    diff = "" if other is None else _fmt(f * (st["mean"] - other["mean"]))
+                    row += f" {_cell(other, f)} | {diff} |"
                 # paper numbers: {"dev/f1": ..} or {"f1": ..} for the selection (dev) split
                 ref = paper.get(f"{split}/{metric}")
                 if ref is None and split == sel["selection"]["split"]:
                     ref = paper.get(metric)
-                diff = _fmt(mean - ref) if ref is not None else ""
-                lines.append(f"| {task} | {split} | {metric} | {_fmt(mean)} ± {_fmt(std)} "
-                             f"({st['n']}) | {'' if ref is None else _fmt(ref)} | {diff} | "
+                diff = _fmt(f * st["mean"] - ref) if ref is not None else ""
+                lines.append(f"{row} {'' if ref is None else _fmt(ref)} | {diff} | "
                              f"{sel['point']} |")
     sources = [f"{t}: {info['source']}" for t, info in summary["tasks"].items()
                if info.get("source")]
@@ -75,19 +103,31 @@ def markdown(summary: dict) -> str:
             name = f"**{point}**" if point == sel["point"] else point
             lines.append(f"| {task} | {metric} | {name} | "
                          f"{_fmt(scale[task, split, metric] * value)} |")
+    lines += ["", "## Time (sum over runs, seconds)", "",
+              "| side | task | runs | wall | train |", "|---|---|---:|---:|---:|"]
+    runs = _all_runs(summary)
+    for side in dict.fromkeys(r["side"] for r in runs):
+        mine = [r for r in runs if r["side"] == side]
+        for task in [*dict.fromkeys(r["task"] for r in mine), "all"]:
+            rs = [r for r in mine if task in ("all", r["task"])]
+            walls = [r.get("wall_seconds") for r in rs]
+            wall = "" if None in walls else f"{sum(walls):.0f}"
+            lines.append(f"| {PEER_NAMES.get(side, side)} | {task} | {len(rs)} | {wall} | "
+                         f"{sum(r['train_seconds'] for r in rs):.0f} |")
     return "\n".join(lines) + "\n"
 
 
 def write_csv(summary: dict, path: str) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["task", "grid_point", "seed", "split", "metric", "value", "train_seconds",
-                    "workdir"])
-        for r in summary["runs"]:
+        w.writerow(["side", "task", "grid_point", "seed", "split", "metric", "value",
+                    "train_seconds", "wall_seconds", "workdir"])
+        for r in _all_runs(summary):
             for split, metrics in r["metrics"].items():
                 for metric, value in metrics.items():
-                    w.writerow([r["task"], r["point"], r["seed"], split, metric, value,
-                                r["train_seconds"], r["workdir"]])
+                    w.writerow([r["side"], r["task"], r["point"], r["seed"], split, metric,
+                                value, r["train_seconds"], r.get("wall_seconds"),
+                                r["workdir"]])
 
 
 def _losses(workdir: str) -> tuple[list[int], list[float]]:
@@ -103,6 +143,14 @@ def _losses(workdir: str) -> tuple[list[int], list[float]]:
     return steps, losses
 
 
+def plot_links(summary: dict) -> str:
+    lines = ["", "## Plots", ""]
+    for task in summary["selected"]:
+        lines.append(f"![{task} dev](plots/dev_{task}.png) "
+                     f"![{task} training loss](plots/curves_{task}.png)")
+    return "\n".join(lines) + "\n"
+
+
 def plots(summary: dict, out: str) -> list[str]:
     import matplotlib
 
@@ -111,17 +159,27 @@ def plots(summary: dict, out: str) -> list[str]:
     import numpy as np
 
     files, scale = [], _factors(summary)
+    os.makedirs(out, exist_ok=True)
+    sides = ["lmtransfer", *summary.get("peers", {})]
     for task, sel in summary["selected"].items():
-        runs = [r for r in summary["runs"] if r["task"] == task]
+        runs = [r for r in _all_runs(summary) if r["task"] == task]
         split, metric = sel["selection"]["split"], sel["selection"]["metric"]
         points = list(sel["dev_by_point"])
-        fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(points), 3.2))
+        fig, ax = plt.subplots(figsize=(2.2 + 1.1 * len(points), 3.2))
         for i, p in enumerate(points):
-            v = [scale[task, split, metric] * r["metrics"][split][metric]
-                 for r in runs if r["point"] == p]
-            ax.scatter([i] * len(v), v, s=14, color="C0", alpha=0.6)
-            ax.errorbar([i], [np.mean(v)], yerr=[np.std(v, ddof=1) if len(v) > 1 else 0],
-                        fmt="o", color="C3" if p == sel["point"] else "k", capsize=4)
+            for j, side in enumerate(sides):
+                v = [scale[task, split, metric] * r["metrics"][split][metric]
+                     for r in runs if r["point"] == p and r["side"] == side]
+                if not v:
+                    continue
+                x = i + 0.25 * j
+                label = PEER_NAMES.get(side, side) if i == 0 else None
+                ax.scatter([x] * len(v), v, s=14, color=f"C{j}", alpha=0.6, label=label)
+                ax.errorbar([x], [np.mean(v)], yerr=[np.std(v, ddof=1) if len(v) > 1 else 0],
+                            fmt="o", color="C3" if p == sel["point"] and j == 0 else "k",
+                            capsize=4)
+        if len(sides) > 1:
+            ax.legend(fontsize=7)
         ax.set_xticks(range(len(points)), points, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel(f"{split} {metric}")
         ax.set_title(f"{task}: {split} {metric} per grid point", fontsize=9)
@@ -132,7 +190,10 @@ def plots(summary: dict, out: str) -> list[str]:
         fig, ax = plt.subplots(figsize=(4.5, 3.2))
         for r in runs:
             if r["point"] == sel["point"]:
-                ax.plot(*_losses(r["workdir"]), label=f"seed {r['seed']}", lw=1, marker=".")
+                side = "" if r["side"] == "lmtransfer" else f"{PEER_NAMES.get(r['side'])} "
+                ax.plot(*_losses(r["workdir"]), label=f"{side}seed {r['seed']}", lw=1,
+                        marker=".", ls="-" if not side else "--",
+                        color=f"C{sides.index(r['side'])}", alpha=0.7)
         ax.set_xlabel("step")
         ax.set_ylabel("train loss")
         ax.set_title(f"{task}: training loss at {sel['point']}", fontsize=9)
@@ -147,18 +208,21 @@ def plots(summary: dict, out: str) -> list[str]:
 def main(argv=None) -> str:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("sweep_dir")
+    p.add_argument("--out", default="", help="where the report goes (default: the sweep dir)")
     a = p.parse_args(argv)
+    out = a.out or a.sweep_dir
     path = os.path.join(a.sweep_dir, "summary.json")
     if not os.path.exists(path):
         raise SystemExit(f"{path} does not exist: run `python -m lmtransfer.sweep --table ... "
                          f"--out {a.sweep_dir}` first")
     with open(path) as f:
         summary = json.load(f)
-    md = os.path.join(a.sweep_dir, "results.md")
+    os.makedirs(out, exist_ok=True)
+    md = os.path.join(out, "results.md")
     with open(md, "w") as f:
-        f.write(markdown(summary))
-    write_csv(summary, os.path.join(a.sweep_dir, "runs.csv"))
-    for file in plots(summary, a.sweep_dir):
+        f.write(markdown(summary) + plot_links(summary))
+    write_csv(summary, os.path.join(out, "runs.csv"))
+    for file in plots(summary, os.path.join(out, "plots")):
         print("wrote", file)
     print("wrote", md)
     return md

@@ -3,7 +3,7 @@ or printed one command per run; the grid point is picked per task on the dev spl
 split's metrics are aggregated as mean ± std over seeds.
 
     python -m lmtransfer.sweep --table configs/tables/<file>.py[:k=v,...] --out DIR
-        [--print] [--only TASK,...]
+        [--print] [--only TASK,...] [--peer hf]
 
 A table file defines `get_table(arg)` returning a dict: `name`, `seeds` (list), and `tasks`, a
 list of dicts with `name`, `config` ("configs/<file>.py:args", as for lmtransfer.main),
@@ -13,6 +13,11 @@ list of dicts with `name`, `config` ("configs/<file>.py:args", as for lmtransfer
 checkpoints resumes (lmtransfer.main's exact resume), so an interrupted sweep is rerun with the
 same command. The selection reads each run's `results.json` `selection` (the task's dev split
 and main metric) and never looks at any other split.
+
+`--peer hf` runs the same runs (same config, overrides, grid point and seed) with the Hugging
+Face `Trainer` (benchmarks/hf_trainer.py, one process per run, restarted if interrupted) into
+`DIR/peer-hf/...`; every invocation's `summary.json` holds lmtransfer's results and the peer's,
+each selected and aggregated the same way, with every run's wall time.
 """
 
 from __future__ import annotations
@@ -24,13 +29,18 @@ import json
 import logging
 import os
 import shlex
+import subprocess
 import sys
+import time
 
 import numpy as np
 
 from lmtransfer import config as config_lib
 
 log = logging.getLogger(__name__)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PEERS = {"hf": os.path.join(REPO, "benchmarks", "hf_trainer.py")}  # name -> script
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +51,7 @@ class Run:
     point: tuple[tuple[str, object], ...]
     seed: int
     workdir: str
+    peer: str = ""  # "" = lmtransfer, else a key of PEERS
 
     @property
     def point_name(self) -> str:
@@ -54,15 +65,23 @@ class Run:
             return "done"
         return "partial" if os.path.isdir(os.path.join(self.workdir, "checkpoints")) else "todo"
 
-    def command(self) -> str:
+    def command(self) -> list[str]:
         flags = [f"--config.{k}={_flag(v)}" for k, v in self.all_overrides()]
-        return shlex.join([sys.executable, "-m", "lmtransfer.main", "--config", self.config,
-                           *flags, "--workdir", self.workdir])
+        if self.peer:
+            return [sys.executable, PEERS[self.peer], "--config", self.config_file(), *flags,
+                    "--out", self.workdir]
+        return [sys.executable, "-m", "lmtransfer.main", "--config", self.config, *flags,
+                "--workdir", self.workdir]
+
+    def config_file(self) -> str:
+        """`config` with its path resolved (relative to the checkout when not found here)."""
+        path, sep, arg = self.config.partition(":")
+        if not os.path.exists(path) and not os.path.isabs(path):
+            path = os.path.join(REPO, path)
+        return path + sep + arg
 
     def make_config(self):
-        path, _, arg = self.config.partition(":")
-        if not os.path.exists(path) and not os.path.isabs(path):  # relative to the checkout
-            path = os.path.join(os.path.dirname(os.path.dirname(__file__)), path)
+        path, _, arg = self.config_file().partition(":")
         c = config_lib.import_config_file(path).get_config(arg or None)
         for key, value in self.all_overrides():
             *parents, leaf = key.split(".")
@@ -96,9 +115,14 @@ def load_table(spec: str) -> dict:
     return table
 
 
-def expand(table: dict, out: str, only: tuple[str, ...] = ()) -> list[Run]:
-    """Every (task, grid point, seed) of the table, in table order."""
+def expand(table: dict, out: str, only: tuple[str, ...] = (), peer: str = "") -> list[Run]:
+    """Every (task, grid point, seed) of the table, in table order; a peer's runs live in
+    `out/peer-<peer>/`."""
     names = [t["name"] for t in table["tasks"]]
+    if peer:
+        if peer not in PEERS:
+            raise ValueError(f"--peer {peer!r}: the peers are {sorted(PEERS)}")
+        out = os.path.join(out, f"peer-{peer}")
     unknown = set(only) - set(names)
     if unknown:
         raise ValueError(f"--only {sorted(unknown)}: the table's tasks are {names}")
@@ -112,25 +136,45 @@ def expand(table: dict, out: str, only: tuple[str, ...] = ()) -> list[Run]:
             point = tuple(zip(keys, values, strict=True))
             for seed in table["seeds"]:
                 run = Run(t["name"], t["config"], tuple(t.get("overrides", {}).items()), point,
-                          int(seed), "")
+                          int(seed), "", peer)
                 runs.append(dataclasses.replace(run, workdir=os.path.join(
                     out, t["name"], run.point_name, f"seed{seed}")))
     return runs
 
 
 def execute(runs: list[Run]) -> None:
-    """Runs every run that is not done, one after another (resuming partial ones)."""
+    """Runs every run that is not done, one after another (resuming partial lmtransfer runs;
+    a peer's unfinished run starts again). Each run's wall time goes to `<workdir>/wall.json`."""
     from lmtransfer import main
 
     for i, run in enumerate(runs):
         state = run.status()
+        name = f"[{i + 1}/{len(runs)}] {run.peer or 'lmtransfer'} {run.task} {run.point_name} " \
+               f"seed {run.seed}"
         if state == "done":
-            log.info("[%d/%d] %s %s seed %d: done, skipped", i + 1, len(runs), run.task,
-                     run.point_name, run.seed)
+            log.info("%s: done, skipped", name)
             continue
-        log.info("[%d/%d] %s %s seed %d: %s", i + 1, len(runs), run.task, run.point_name,
-                 run.seed, "resuming" if state == "partial" else "starting")
-        main.run(run.make_config(), run.workdir)
+        log.info("%s: %s", name, "resuming" if state == "partial" and not run.peer else
+                 "starting")
+        start = time.time()
+        if run.peer:
+            os.makedirs(run.workdir, exist_ok=True)
+            path = os.path.join(run.workdir, "log.txt")
+            with open(path, "w") as f:
+                done = subprocess.run(run.command(), stdout=f, stderr=subprocess.STDOUT,
+                                      env=_with_checkout_on_path())
+            if done.returncode:
+                raise RuntimeError(f"{name} failed (exit {done.returncode}): see {path}")
+        else:
+            main.run(run.make_config(), run.workdir)
+        with open(os.path.join(run.workdir, "wall.json"), "w") as f:
+            json.dump({"wall_seconds": time.time() - start, "resumed": state == "partial"}, f)
+
+
+def _with_checkout_on_path() -> dict:
+    """The environment with this checkout importable (the peer script imports lmtransfer)."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": REPO + (os.pathsep + path if path else "")}
 
 
 def collect(runs: list[Run]) -> list[dict]:
@@ -144,8 +188,24 @@ def collect(runs: list[Run]) -> list[dict]:
             res = json.load(f)
         rows.append(dict(task=run.task, point=run.point_name, seed=run.seed,
                          workdir=run.workdir, selection=res["selection"],
-                         metrics=res["best"]["results"], train_seconds=res["train_seconds"]))
+                         # lmtransfer: the best checkpoint on dev; the Trainer: its final model
+                         metrics=res["best"]["results"] if "best" in res else res["final"],
+                         train_seconds=res["train_seconds"],
+                         wall_seconds=_wall_seconds(run.workdir)))
     return rows
+
+
+def _wall_seconds(workdir: str) -> float | None:
+    """The run's wall time as the sweep timed it (`wall.json`); for a run made elsewhere
+    (`--print`), from its config.json (written first) to its results.json (written last)."""
+    path = os.path.join(workdir, "wall.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)["wall_seconds"]
+    first = os.path.join(workdir, "config.json")
+    if not os.path.exists(first):
+        return None
+    return os.path.getmtime(os.path.join(workdir, "results.json")) - os.path.getmtime(first)
 
 
 def select(rows: list[dict]) -> dict[str, dict]:
@@ -182,31 +242,42 @@ def main(argv=None) -> dict:
     p.add_argument("--out", required=True, help="the sweep directory")
     p.add_argument("--print", action="store_true", help="print one command per unfinished run")
     p.add_argument("--only", default="", help="comma-separated task names")
+    p.add_argument("--peer", default="", choices=["", *PEERS],
+                   help="run the peer's runs instead of lmtransfer's (hf: the HF Trainer)")
     p.add_argument("--compilation_cache", default="~/.cache/lmtransfer/xla",
                    help="JAX's persistent compilation cache ('' = off): runs of one task "
                         "share compiled steps")
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    logging.getLogger("lmtransfer").setLevel(logging.INFO)  # ours, not orbax's chatter
     if a.compilation_cache and not a.print:
         import jax
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(a.compilation_cache))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     table = load_table(a.table)
     out = os.path.abspath(os.path.expanduser(a.out))
-    runs = expand(table, out, tuple(filter(None, a.only.split(","))))
+    only = tuple(filter(None, a.only.split(",")))
+    runs = expand(table, out, only, a.peer)
     if a.print:
         for run in runs:
             if run.status() != "done":
-                print(run.command())
+                print(shlex.join(run.command()))
         return {}
     execute(runs)
-    rows = collect(runs)
-    command = shlex.join(["python", "-m", "lmtransfer.sweep",
-                          *(sys.argv[1:] if argv is None else argv)])
-    summary = {"table": table.get("name", a.table), "command": command,
+    rows = collect(expand(table, out, only))
+    peers = {}
+    for peer in PEERS:
+        peer_rows = collect(expand(table, out, only, peer))
+        if peer_rows:
+            peers[peer] = {"selected": select(peer_rows), "runs": peer_rows}
+    base = ["python", "-m", "lmtransfer.sweep", "--table", a.table, "--out", a.out,
+            *(["--only", a.only] if a.only else [])]
+    commands = {"lmtransfer": shlex.join(base),
+                **{p: shlex.join([*base, "--peer", p]) for p in peers}}
+    summary = {"table": table.get("name", a.table), "commands": commands,
                "tasks": {t["name"]: {k: t.get(k) for k in ("paper", "source", "config")}
                          for t in table["tasks"]},
-               "selected": select(rows), "runs": rows}
+               "selected": select(rows), "runs": rows, "peers": peers}
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)

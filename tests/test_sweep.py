@@ -100,11 +100,50 @@ def test_tiny_sweep_runs_skips_finished_and_resumes_partial(tmp_path, monkeypatc
     assert f"| MRPC | dev | accuracy | {100 * acc['mean']:.2f} ± 0.00 (1) |" in md
     assert "| MRPC | dev | f1 |" in md and "| 88.90 |" in md  # the paper's number beside ours
     for png in ("dev_MRPC.png", "curves_MRPC.png"):
-        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+        assert (out / "plots" / png).read_bytes()[:4] == b"\x89PNG"
+        assert f"(plots/{png})" in md
     import csv
     rows = list(csv.DictReader(open(out / "runs.csv")))
     assert {r["grid_point"] for r in rows} == {"lr=0.001", "lr=0.0001"}
     assert {r["split"] for r in rows} == {"dev"}
+
+
+def test_peer_sweep_runs_the_hf_trainer_on_the_same_runs(tmp_path, minilm_path):
+    root = make_glue(str(tmp_path / "glue"), n_train=32)
+    table = tmp_path / "t.py"
+    table.write_text(f'''
+def get_table(arg=None):
+    return dict(name="peer", seeds=[0], tasks=[dict(
+        name="MRPC", config="{REPO}/configs/glue.py:task=mrpc,model={minilm_path}",
+        overrides={{"data.dir": "{root}", "train.steps": 2, "train.log_every": 1}},
+        grid={{"optim.lr": [1e-4]}})])
+''')
+    out = tmp_path / "sweep"
+    args = ["--table", str(table), "--out", str(out), "--compilation_cache", ""]
+    first = sweep.main([*args, "--peer", "hf"])  # the peer alone first: a sweep order is free
+    assert first["selected"] == {} and set(first["peers"]) == {"hf"}
+    peer_dir = out / "peer-hf" / "MRPC" / "lr=0.0001" / "seed0"
+    res = json.loads((peer_dir / "results.json").read_text())
+    assert res["steps"] == 2 and res["selection"]["split"] == "dev"
+    losses = [json.loads(line) for line in open(peer_dir / "metrics.jsonl")]
+    assert [r["step"] for r in losses] == [1, 2] and all(r["kind"] == "train" for r in losses)
+    summary = sweep.main(args)
+    ours, peer = summary["selected"]["MRPC"], summary["peers"]["hf"]["selected"]["MRPC"]
+    # the same examples on both sides, scored by the same task code
+    assert ours["stats"]["dev"]["examples"] == peer["stats"]["dev"]["examples"]
+    assert set(ours["stats"]["dev"]) >= set(peer["stats"]["dev"]) >= {"accuracy", "f1"}
+    assert summary["commands"]["hf"] == summary["commands"]["lmtransfer"] + " --peer hf"
+    assert all(r["wall_seconds"] > 0 for r in summary["runs"] + summary["peers"]["hf"]["runs"])
+
+    from lmtransfer import report
+    md = open(report.main([str(out)])).read()
+    f1, peer_f1 = (100 * s["stats"]["dev"]["f1"]["mean"] for s in (ours, peer))
+    assert (f"| MRPC | dev | f1 | {f1:.2f} ± 0.00 (1) | {peer_f1:.2f} ± 0.00 (1) | "
+            f"{f1 - peer_f1:.2f} |") in md
+    assert "| HF Trainer | all | 1 |" in md and "| lmtransfer | all | 1 |" in md
+    import csv
+    rows = list(csv.DictReader(open(out / "runs.csv")))
+    assert {r["side"] for r in rows} == {"lmtransfer", "hf"}
 
 
 @pytest.mark.parametrize("spec", [
