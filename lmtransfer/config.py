@@ -144,6 +144,21 @@ def check_overrides(argv: Sequence[str], flag: str = "config") -> None:
             node, walked = node[part], walked + [part]
 
 
+PATH_FIELDS = ("init_from", "model.tokenizer", "data.dir", "data.tfds_data_dir")
+
+
+def expand_user_paths(config: ml_collections.ConfigDict) -> None:
+    """`~/...` in the path fields becomes the home of the machine that runs (printed sweep
+    commands and run_tpu.sh pass `~/bucket/...` through unexpanded)."""
+    for key in PATH_FIELDS:
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node.get(part) if node is not None else None
+        if node is not None and isinstance(node.get(leaf), str) and node[leaf].startswith("~"):
+            node[leaf] = os.path.expanduser(node[leaf])
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Semantic checks that types alone can't catch; each error names its config key."""
     if config.mode not in MODES:

@@ -58,6 +58,7 @@ def run(config, workdir: str, overwrite: bool = False) -> dict:
     """Runs `config.mode` in `workdir` (the library entry point behind the CLI)."""
     import jax
 
+    config_lib.expand_user_paths(config)
     config_lib.validate(config)
     os.makedirs(workdir, exist_ok=True)
     if config.mode == "train":

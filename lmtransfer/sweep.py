@@ -258,10 +258,11 @@ def main(argv=None) -> dict:
     out = os.path.abspath(os.path.expanduser(a.out))
     only = tuple(filter(None, a.only.split(",")))
     runs = expand(table, out, only, a.peer)
-    if a.print:
+    if a.print:  # with --out as given: '~/bucket/...' expands on the machine that runs it
         for run in runs:
             if run.status() != "done":
-                print(shlex.join(run.command()))
+                print(shlex.join(dataclasses.replace(
+                    run, workdir=a.out + run.workdir[len(out):]).command()))
         return {}
     execute(runs)
     rows = collect(expand(table, out, only))

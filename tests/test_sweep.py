@@ -47,6 +47,19 @@ def test_grid_expansion_and_configs(tmp_path):
         sweep.expand(bad, "out")[0].make_config()
 
 
+def test_print_keeps_home_for_the_machine_that_runs(tmp_path, capsys):
+    table = write_table(tmp_path / "t.py", "~/bucket/glue")
+    sweep.main(["--table", table, "--out", "~/bucket/t1", "--print", "--only", "MRPC"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0].endswith("--workdir '~/bucket/t1/MRPC/lr=0.001/seed0'")
+    assert "'--config.data.dir=~/bucket/glue'" in lines[0]
+    c = sweep.expand(sweep.load_table(table), "out")[0].make_config()
+    assert c.data.dir == "~/bucket/glue"
+    from lmtransfer import config as config_lib
+    config_lib.expand_user_paths(c)  # lmtransfer.main does this where it runs
+    assert c.data.dir == os.path.expanduser("~/bucket/glue") and c.init_from == ""
+
+
 def row(point, seed, dev, test, task="T", greater=True):
     return dict(task=task, point=point, seed=seed, workdir="", train_seconds=1.0,
                 selection={"split": "dev", "metric": "f1", "greater_is_better": greater},
