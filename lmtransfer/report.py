@@ -22,7 +22,7 @@ import os
 
 def _shown(metric: str, selection: dict) -> bool:
     """Scores, not bookkeeping (example counts, eval speed; loss unless it is the score)."""
-    if metric == "examples" or metric.endswith("_per_s"):
+    if metric in ("examples", "sentences", "questions") or metric.endswith("_per_s"):
         return False
     return metric != "loss" or selection["metric"] == "loss"
 

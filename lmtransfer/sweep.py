@@ -37,7 +37,7 @@ import numpy as np
 
 from lmtransfer import config as config_lib
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("lmtransfer.sweep")  # not "__main__" under python -m
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEERS = {"hf": os.path.join(REPO, "benchmarks", "hf_trainer.py")}  # name -> script
