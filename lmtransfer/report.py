@@ -18,6 +18,8 @@ import argparse
 import csv
 import json
 import os
+import shlex
+import sys
 
 
 def _shown(metric: str, selection: dict) -> bool:
@@ -58,17 +60,18 @@ def _cell(st: dict | None, f: float) -> str:
     return "" if st is None else f"{_fmt(f * st['mean'])} ± {_fmt(f * st['std'])} ({st['n']})"
 
 
-def markdown(summary: dict) -> str:
-    commands = summary.get("commands", {})
+def markdown(summary: dict, report_command: str = "") -> str:
+    commands = [*summary.get("commands", {}).values(), *filter(None, [report_command])]
     peers = summary.get("peers", {})
     lines = [f"# {summary['table']}", "", "Made by " + ", then ".join(
-        f"`{c}`" for c in commands.values()) + ".", ""]
+        f"`{c}`" for c in commands) + ".", ""]
     head = "| task | split | metric | ours (mean ± std, n) |"
     for peer in peers:
         name = PEER_NAMES.get(peer, peer)
         head += f" {name} (mean ± std, n) | ours − {name} |"
-    lines += [head + " paper | ours − paper | grid point |",
-              "|---|---|---|" + "---:|" * (1 + 2 * len(peers)) + "---:|---:|---|"]
+    has_paper = any(t.get("paper") for t in summary["tasks"].values())  # else no such columns
+    lines += [head + (" paper | ours − paper |" if has_paper else "") + " grid point |",
+              "|---|---|---|" + "---:|" * (1 + 2 * len(peers) + 2 * has_paper) + "---|"]
     scale = _factors(summary)
     for task, sel in summary["selected"].items():
         paper = (summary["tasks"].get(task) or {}).get("paper") or {}
@@ -88,8 +91,9 @@ def markdown(summary: dict) -> str:
                 if ref is None and split == sel["selection"]["split"]:
                     ref = paper.get(metric)
                 diff = _fmt(f * st["mean"] - ref) if ref is not None else ""
-                lines.append(f"{row} {'' if ref is None else _fmt(ref)} | {diff} | "
-                             f"{sel['point']} |")
+                if has_paper:
+                    row += f" {'' if ref is None else _fmt(ref)} | {diff} |"
+                lines.append(f"{row} {sel['point']} |")
     sources = [f"{t}: {info['source']}" for t, info in summary["tasks"].items()
                if info.get("source")]
     if sources:
@@ -192,7 +196,7 @@ def plots(summary: dict, out: str) -> list[str]:
             if r["point"] == sel["point"]:
                 side = "" if r["side"] == "lmtransfer" else f"{PEER_NAMES.get(r['side'])} "
                 ax.plot(*_losses(r["workdir"]), label=f"{side}seed {r['seed']}", lw=1,
-                        marker=".", ls="-" if not side else "--",
+                        marker="o^sDv*"[r["seed"] % 6], ms=3, ls="-" if not side else "--",
                         color=f"C{sides.index(r['side'])}", alpha=0.7)
         ax.set_xlabel("step")
         ax.set_ylabel("train loss")
@@ -220,7 +224,9 @@ def main(argv=None) -> str:
     os.makedirs(out, exist_ok=True)
     md = os.path.join(out, "results.md")
     with open(md, "w") as f:
-        f.write(markdown(summary) + plot_links(summary))
+        command = shlex.join(["python", "-m", "lmtransfer.report",
+                              *(sys.argv[1:] if argv is None else argv)])
+        f.write(markdown(summary, command) + plot_links(summary))
     write_csv(summary, os.path.join(out, "runs.csv"))
     for file in plots(summary, os.path.join(out, "plots")):
         print("wrote", file)
