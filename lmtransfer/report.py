@@ -169,7 +169,7 @@ def plots(summary: dict, out: str) -> list[str]:
         runs = [r for r in _all_runs(summary) if r["task"] == task]
         split, metric = sel["selection"]["split"], sel["selection"]["metric"]
         points = list(sel["dev_by_point"])
-        fig, ax = plt.subplots(figsize=(2.2 + 1.1 * len(points), 3.2))
+        fig, ax = plt.subplots(figsize=(3.4 + 1.1 * len(points), 3.2))
         for i, p in enumerate(points):
             for j, side in enumerate(sides):
                 v = [scale[task, split, metric] * r["metrics"][split][metric]
@@ -186,7 +186,8 @@ def plots(summary: dict, out: str) -> list[str]:
             ax.legend(fontsize=7)
         ax.set_xticks(range(len(points)), points, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel(f"{split} {metric}")
-        ax.set_title(f"{task}: {split} {metric} per grid point", fontsize=9)
+        ax.set_xlim(-0.5, len(points) - 0.5 + 0.25 * (len(sides) - 1))
+        ax.set_title(f"{task}: {split} {metric}\nper grid point", fontsize=9)
         fig.tight_layout()
         files.append(os.path.join(out, f"dev_{task}.png"))
         fig.savefig(files[-1], dpi=110)
