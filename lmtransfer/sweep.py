@@ -145,7 +145,7 @@ def expand(table: dict, out: str, only: tuple[str, ...] = (), peer: str = "") ->
 def execute(runs: list[Run]) -> None:
     """Runs every run that is not done, one after another (resuming partial lmtransfer runs;
     a peer's unfinished run starts again). Each run's wall time goes to `<workdir>/wall.json`."""
-    from lmtransfer import main
+    from lmtransfer import logs, main
 
     for i, run in enumerate(runs):
         state = run.status()
@@ -167,8 +167,8 @@ def execute(runs: list[Run]) -> None:
                 raise RuntimeError(f"{name} failed (exit {done.returncode}): see {path}")
         else:
             main.run(run.make_config(), run.workdir)
-        with open(os.path.join(run.workdir, "wall.json"), "w") as f:
-            json.dump({"wall_seconds": time.time() - start, "resumed": state == "partial"}, f)
+        logs.write_json(os.path.join(run.workdir, "wall.json"),
+                        {"wall_seconds": time.time() - start, "resumed": state == "partial"})
 
 
 def _with_checkout_on_path() -> dict:
