@@ -25,7 +25,17 @@ into this many shards; a process reads only its own, see lmtransfer.data.batchin
 vocab_size / tokenizer_docs (tokenizer training), mask_rate (0.15), whole_word (mlm),
 max_predictions (mlm: the MLM decoder runs on this many positions per row; -1 = the expected
 masked tokens + 4 sigma, like BERT's max_predictions_per_seq; 0 = every position),
-sentence_pairs ('' | nsp | sop: BERT's second objective on [CLS] A [SEP] B [SEP] rows, mlm).
+sentence_pairs ('' | nsp | sop: BERT's second objective on [CLS] A [SEP] B [SEP] rows, mlm),
+store (a token store built by `python -m lmtransfer.prepare`; empty: the run tokenizes the
+corpus once into <workdir>/store on its first start), prepare_workers (processes that build
+the store; 0: one per core, or one for a corpus under 8 MB).
+
+Two steps for a large corpus (docs/pretraining.md): prepare once, then train from the store:
+
+    python -m lmtransfer.prepare --config configs/pretrain.py:objective=mlm,model=mini \
+        --config.data.train_files='corpus/*.txt' --config.data.eval_files=dev.txt --out store
+    python -m lmtransfer.main --config configs/pretrain.py:objective=mlm,model=mini \
+        --config.data.store=store --workdir runs/mlm
 """
 
 from lmtransfer import config as config_lib
@@ -50,8 +60,7 @@ def get_config(arg=None):
         source="files", train_files="", eval_files="", eval_fraction=0.0, document="paragraph",
         text_field="text", tfds_name="", tfds_train_split="train", tfds_eval_split="",
         shards=8, vocab_size=8192, tokenizer_docs=0, mask_rate=0.15, whole_word=False,
-        max_predictions=-1,
-        sentence_pairs="")
+        max_predictions=-1, sentence_pairs="", store="", prepare_workers=0)
     if model in ("minilm",) or "/" in model:
         apply_model(c, model)  # pretrained BERT weights and their tokenizer
     else:

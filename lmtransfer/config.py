@@ -20,7 +20,7 @@ import ml_collections
 
 from lmtransfer import sharding
 
-MODES = ("convert", "train", "eval", "predict", "quickstart")
+MODES = ("convert", "train", "eval", "predict", "quickstart", "prepare")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -144,7 +144,7 @@ def check_overrides(argv: Sequence[str], flag: str = "config") -> None:
             node, walked = node[part], walked + [part]
 
 
-PATH_FIELDS = ("init_from", "model.tokenizer", "data.dir", "data.tfds_data_dir")
+PATH_FIELDS = ("init_from", "model.tokenizer", "data.dir", "data.tfds_data_dir", "data.store")
 
 
 def expand_user_paths(config: ml_collections.ConfigDict) -> None:
@@ -170,7 +170,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
 RESUME_MAY_CHANGE = ("mode", "train.log_every", "train.eval_every", "train.checkpoint_every",
                      "train.keep_checkpoints", "train.export_hf", "train.eval_batch_size")
 # What a train run writes into its workdir (removed by --overwrite).
-RUN_OUTPUTS = ("checkpoints", "best", "tb", "predictions", "hf", "tokenizer", "metrics.jsonl",
+RUN_OUTPUTS = ("checkpoints", "best", "tb", "predictions", "hf", "tokenizer", "store",
+               "metrics.jsonl",
                "results.json", "eval_results.json", "predict_results.json", "config.json")
 
 

@@ -5,6 +5,7 @@ kill would, so tests can hit each phase deterministically:
   step  right after train step <step> is dispatched (the device is mid-step)
   save  right after the async save of checkpoint <step> starts (files half written)
   eval  after the first batch of the evaluation at step <step> (mid-eval)
+  prepare  when token-store shard <step> has all its files but not yet its JSON (mid-shard)
 
 Unset (always, outside tests), every point is a dictionary lookup.
 """

@@ -49,7 +49,7 @@ _HEARTBEAT = flags.DEFINE_integer(
 MODES = {"convert": "lmtransfer.convert:run", "train": "lmtransfer.train.loop:train",
          "eval": "lmtransfer.train.evaluate:evaluate_mode",
          "predict": "lmtransfer.train.evaluate:predict_mode",
-         "quickstart": "lmtransfer.quickstart:run"}
+         "quickstart": "lmtransfer.quickstart:run", "prepare": "lmtransfer.prepare:run"}
 
 log = logging.getLogger("lmtransfer")
 

@@ -28,13 +28,16 @@ def root(tmp_path_factory):
     return root
 
 
-def config_for(root, objective, **data):
+def config_for(root, objective, store="", **data):
+    """A tiny pretraining config on the generated corpus; its token store is prepared on first
+    use into `store` (default: one per objective under `root`)."""
     model = "gpt-tiny" if objective == "clm" else "tiny"
     kind = "bpe" if objective == "clm" else "wordpiece"
     c = load_config("pretrain.py", f"objective={objective},model={model},"
                                    f"tokenizer={root}/tok_{kind},steps=8")
     c.data.train_files = os.path.join(root, "train.txt")
     c.data.eval_files = os.path.join(root, "eval.jsonl")
+    c.data.store = store or os.path.join(root, f"store-{objective}")
     c.data.max_length, c.train.batch_size, c.train.eval_batch_size = 32, 16, 16
     c.model.hidden_dropout_prob = c.model.attention_probs_dropout_prob = 0.0
     c.data.update(data)
@@ -47,7 +50,9 @@ def test_documents_by_mode_and_jsonl(tmp_path):
     p = tmp_path / "a.txt"
     p.write_text("one\ntwo\n\n\n  \nthree\n")
     assert list(corpus.file_documents(str(p), "paragraph", "text")) == ["one\ntwo", "three"]
-    assert list(corpus.file_documents(str(p), "line", "text")) == ["one", "two", "three"]
+    # line mode: every line is a document; empty ones come through for the builder to count
+    assert list(corpus.file_documents(str(p), "line", "text")) == ["one", "two", "", "", "  ",
+                                                                   "three"]
     assert list(corpus.file_documents(str(p), "file", "text")) == ["one\ntwo\n\n\n  \nthree\n"]
     j = tmp_path / "b.jsonl"
     j.write_text('{"body": "x y"}\n\n{"body": "z"}\n')
@@ -63,27 +68,42 @@ def test_documents_by_mode_and_jsonl(tmp_path):
         corpus.resolve_files(f"{tmp_path}/nope*", "config.data.train_files")
 
 
-def test_shards_partition_documents():
-    parts = corpus.shard_documents(103, list(range(8)), 8)
-    every = np.sort(np.concatenate(list(parts.values())))
-    np.testing.assert_array_equal(every, np.arange(103))  # each document in exactly one shard
+def _rows_of(token_lists, layout, tmp_path, seed=0):
+    """ShardRows over a one-shard store holding `token_lists` as its documents."""
+    from lmtransfer.data import build, store
+
+    path = str(tmp_path / "store")
+    os.makedirs(path, exist_ok=True)
+    store.write_json(os.path.join(path, "manifest.json"), {
+        "format": store.FORMAT, "version": store.VERSION, "num_shards": 1, "dtype": "uint32",
+        "tokenizer": {"sha256": "x", "name": "t"}, "source": {}})
+    w = build.ShardWriter(path, 0, "uint32")
+    enc = [type("E", (), {"ids": t, "word_ids": list(range(len(t)))})() for t in token_lists]
+    w.add(list(range(len(token_lists))), enc)
+    w.commit(layout)
+    return corpus.ShardRows(store.Store(path).shard(0), layout, seed=seed, train=True,
+                            word_start=True)
 
 
-def test_pack_segments_positions_and_long_documents():
+def test_pack_segments_positions_and_long_documents(tmp_path):
     docs = [[5, 6, 7], list(range(10, 30)), [8], [9, 9]]
-    out = corpus.pack(docs, 8, prefix=[1], suffix=[2], doc_ids=[10, 11, 12, 13])
-    rows = [list(r[r > 0]) for r in out["input_ids"]]
-    # doc 11 (20 tokens) is cut into pieces of 6, none dropped; pieces never straddle rows
-    assert sum(len(r) for r in rows) == 5 + (3 * 8 + 4) + 3 + 4
-    flat = [t for r in rows for t in r if t not in (1, 2)]
+    rows = _rows_of(docs, corpus.Layout(8, (1,), (2,)), tmp_path)
+    out = rows.read(np.arange(len(rows)))
+    ids = [list(r[r > 0]) for r in out["input_ids"]]
+    # doc 1 (20 tokens) is cut into pieces of 6, none dropped; pieces never straddle rows
+    assert sum(len(r) for r in ids) == 5 + (3 * 8 + 4) + 3 + 4
+    flat = [t for r in ids for t in r if t not in (1, 2)]
     assert flat == [5, 6, 7] + list(range(10, 30)) + [8, 9, 9]
-    for r in range(len(rows)):
+    for r in range(len(ids)):
         seg, pos = out["segment_ids"][r], out["position_ids"][r]
         for s in set(seg[seg > 0]):
             np.testing.assert_array_equal(pos[seg == s], np.arange((seg == s).sum()))
             assert out["input_ids"][r][seg == s][0] == 1  # each piece starts with its prefix
     assert out["length"].tolist() == [(s > 0).sum() for s in out["segment_ids"]]
-    assert out["doc"][0].tolist()[:1] == [10]
+    # rows in order: doc 0; doc 1's pieces of 6, 6, 6 and 2 (+ doc 2 beside the last); doc 3
+    assert ids[0] == [1, 5, 6, 7, 2] and ids[4] == [1, 28, 29, 2, 1, 8, 2]
+    assert ids[5] == [1, 9, 9, 2] and len(ids) == 6
+    assert rows.docs([0, 4, 5]) == [[0], [1, 2], [3]]
 
 
 @pytest.mark.parametrize("arch", ["gpt-tiny", "tiny"])
@@ -223,38 +243,70 @@ def test_task_loads_shards_and_fixed_eval_masks(root):
     c = config_for(root, "mlm", whole_word=True)
     task = make_task(c, init.load_tokenizer(c))
     train = task.load("train")
-    assert train.num_shards == 8 and sorted(train.shard_rows) == list(range(8))
-    for g, (a, b) in train.shard_rows.items():  # a shard's rows hold only its documents
-        assert all(d % 8 == g for e in train.examples[a:b] for d in e["docs"])
-    docs = {d for e in train.examples for d in e["docs"]}
-    assert docs == set(range(160))
+    assert train.num_shards == 8 and sorted(train.shards) == list(range(8))
+    docs = []
+    for g, rows in train.shards.items():  # a shard's rows hold only its documents
+        in_shard = {d for ds in rows.docs(range(len(rows))) for d in ds}
+        assert all(d % 8 == g for d in in_shard)
+        docs += in_shard
+    assert sorted(docs) == list(range(160))  # every document in exactly one shard
+    assert len(train) == sum(len(r) for r in train.shards.values())
     dev = task.load("dev")
     assert "mlm_labels" in dev.features and dev.features["mlm_weights"].sum() > 0
     again = task.load("dev")  # eval masks are fixed by the seed
     np.testing.assert_array_equal(dev.features["input_ids"], again.features["input_ids"])
 
 
-def test_sharded_batcher_cycles_each_shard_without_repeats():
+class _FakeRows:
+    """ShardRows stand-in: row r of shard g holds the token 1000 * g + r."""
+
+    def __init__(self, g, n):
+        self.g, self.n = g, n
+
+    def __len__(self):
+        return self.n
+
+    def read(self, rows):
+        ids = (1000 * self.g + np.asarray(rows))[:, None].repeat(4, 1).astype(np.int32)
+        return {"input_ids": ids, "length": np.full(len(rows), 4, np.int32)}
+
+
+def test_store_batcher_visits_every_row_once_per_pass():
     mesh = sharding.make_mesh({"data": -1})
-    n = np.array([5, 7, 6, 9])
-    starts = np.concatenate([[0], np.cumsum(n)])
-    feats = {"input_ids": np.arange(n.sum())[:, None].repeat(4, 1).astype(np.int32),
-             "length": np.full(n.sum(), 4, np.int32)}
-    rows = {g: (int(starts[g]), int(starts[g + 1])) for g in range(4)}
-    b = batching.ShardedBatcher(feats, rows, 4, int(n.sum()), 8, mesh)
+    n = [5, 7, 6, 9]
+    b = batching.StoreBatcher({g: _FakeRows(g, n[g]) for g in range(4)}, 4, sum(n), 8, mesh)
     seen = {g: [] for g in range(4)}
     for step in range(9):  # 9 steps x 2 rows = 18 draws per shard
         idx = b.train_indices(step, seed=0)
+        batch = b.host_batch(idx)
         for g in range(4):
             seen[g] += list(idx[2 * g:2 * g + 2])
+            np.testing.assert_array_equal(batch["input_ids"][2 * g:2 * g + 2, 0],
+                                          1000 * g + idx[2 * g:2 * g + 2])  # block g: shard g
         np.testing.assert_array_equal(idx, b.train_indices(step, seed=0))  # a pure function
     for g in range(4):
-        a, z = rows[g]
         draws = np.array(seen[g])
-        assert ((draws >= a) & (draws < z)).all()  # only shard g's rows in its block
+        assert ((draws >= 0) & (draws < n[g])).all()
         full_passes = len(draws) // n[g]
-        for p in range(full_passes):  # every pass is a permutation: no repeats, none missed
-            assert sorted(draws[p * n[g]:(p + 1) * n[g]]) == list(range(a, z))
+        orders = [list(draws[p * n[g]:(p + 1) * n[g]]) for p in range(full_passes)]
+        for order in orders:  # every pass is a permutation: no repeats, none missed
+            assert sorted(order) == list(range(n[g]))
+        assert orders[0] != orders[1]  # and a fresh one each pass
+    assert b.train_indices(3, seed=1).tolist() != b.train_indices(3, seed=0).tolist()
+
+
+def test_feistel_permutation_is_a_bijection_without_a_table():
+    from lmtransfer.data.shuffle import permute
+
+    for n in (1, 2, 3, 17, 1000, 4097):
+        p = permute(np.arange(n), n, (0, 3, 1))
+        assert sorted(p.tolist()) == list(range(n))
+    big = permute(np.arange(10), 10**12, (7,))  # a trillion rows: O(1) memory per index
+    assert len(set(big.tolist())) == 10 and (big < 10**12).all()
+    p = permute(np.arange(1000), 1000, (0,))
+    assert abs(np.corrcoef(np.arange(1000), p)[0, 1]) < 0.1  # not close to the identity
+    with pytest.raises(ValueError, match="must be in"):
+        permute([5], 5, (0,))
 
 
 @pytest.mark.parametrize("objective", ["clm", "mlm"])
@@ -289,10 +341,14 @@ def test_tfds_text_corpus_with_mock_data():
         return [{"text": f"sentence number {i}".encode()} for i in range(10)]
 
     with tfds.testing.mock_data(as_data_source_fn=source):
-        docs = corpus.from_tfds("lm1b", "train", "", "text")
-        assert len(docs) == 10 and docs.get([3, 7]) == ["sentence number 3", "sentence number 7"]
+        src = corpus.Source("tfds", tfds_name="lm1b", tfds_split="train")
+        assert src.count() == 10
+        got = list(src.documents(shards=[1], num_shards=4))
+        assert got == [(1, "sentence number 1"), (5, "sentence number 5"),
+                       (9, "sentence number 9")]
+        bad = corpus.Source("tfds", tfds_name="lm1b", tfds_split="train", text_field="content")
         with pytest.raises(DataError, match=r"lm1b\[train\]\[0\] has no 'content' feature"):
-            corpus.from_tfds("lm1b", "train", "", "content").get([0])
+            next(bad.documents())
 
 
 def test_metrics_jsonl_is_written_by_the_loop_only_once_per_step(root, tmp_path):
@@ -300,11 +356,12 @@ def test_metrics_jsonl_is_written_by_the_loop_only_once_per_step(root, tmp_path)
     from lmtransfer import main
 
     c = config_for(root, "clm")
-    c.model.tokenizer = "bpe"
+    c.model.tokenizer, c.data.store = "bpe", ""  # a tokenizer and a store in the workdir
     c.data.vocab_size = 300
     c.train.steps, c.train.eval_every, c.train.log_every = 6, 3, 1
     res = main.run(c, str(tmp_path))
     assert os.path.exists(tmp_path / "tokenizer" / "tokenizer.json")
+    assert os.path.exists(tmp_path / "store" / "train" / "shard-00007.json")
     dev = res["final"]["dev"]
     assert dev["perplexity"] == pytest.approx(np.exp(dev["loss"]), rel=1e-6)
     assert 0 <= dev["accuracy"] <= 100 and dev["predicted_tokens"] > 0
@@ -322,7 +379,7 @@ def test_fine_tune_from_own_pretrained_bert(root, tmp_path):
     from tests.glue_data import make_glue
 
     c = config_for(root, "mlm")
-    c.model.tokenizer, c.data.vocab_size = "wordpiece", 300
+    c.model.tokenizer, c.data.vocab_size, c.data.store = "wordpiece", 300, ""
     c.train.steps, c.train.eval_every = 4, 0
     main.run(c, str(tmp_path / "mlm"))
     _, pretrained, meta = checkpoints.load_model(str(tmp_path / "mlm"))
@@ -344,11 +401,13 @@ def test_fine_tune_from_own_pretrained_bert(root, tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["sop", "nsp"])
-def test_sentence_pair_rows(mode):
+def test_sentence_pair_rows(mode, tmp_path):
     docs = [list(range(10, 40)), list(range(100, 107)), [7], list(range(200, 260))]
-    out = corpus.sentence_pairs(docs, 16, cls=1, sep=2, mode=mode, rng=np.random.default_rng(0),
-                                doc_ids=[0, 1, 2, 3])
-    assert out["skipped"] == 1  # the one-token document cannot be split, and says so
+    rows = _rows_of(docs, corpus.Layout(16, (1,), (2,), pairs=mode), tmp_path)
+    assert rows.index_info == {"one-token spans (cannot be split into a sentence pair)": 1}
+    out = rows.read(np.arange(len(rows)))
+    np.testing.assert_array_equal(out["input_ids"], rows.read(np.arange(len(rows)))[
+        "input_ids"])  # a row is the same whenever it is read
     labels = out["pair_label"]
     assert 0 < labels.mean() < 1
     for r in range(len(labels)):
@@ -365,6 +424,8 @@ def test_sentence_pair_rows(mode):
             assert same_doc and (labels[r] == 1) == (b[-1] < a[0])
         elif labels[r] == 0:  # nsp: label 0 <=> B is A's continuation
             assert b[0] == a[-1] + 1
+        else:  # nsp label 1: B comes from another document
+            assert not same_doc
 
 
 def test_mlm_with_sentence_order_prediction_trains(root, tmp_path):
@@ -404,17 +465,19 @@ def test_rotary_from_the_config(root):
     assert model.config.vocab_size % 128 == 0 and model.config.vocab_size >= len(tok)
 
 
-def test_task_reads_tfds_text_with_a_held_out_dev(root):
+def test_task_reads_tfds_text_with_a_held_out_dev(root, tmp_path):
     import tensorflow_datasets as tfds
 
     def source(*args, **kwargs):
         return [{"text": f"the king speaks to the queen number {i}".encode()} for i in range(40)]
 
-    c = config_for(root, "clm", source="tfds", tfds_name="lm1b", eval_fraction=0.25)
+    c = config_for(root, "clm", store=str(tmp_path / "store"), source="tfds",
+                   tfds_name="lm1b", eval_fraction=0.25, prepare_workers=1)
     with tfds.testing.mock_data(as_data_source_fn=source):
         task = make_task(c, init.load_tokenizer(c))
         train, dev = task.load("train"), task.load("dev")
-    assert {d for e in train.examples for d in e["docs"]} == set(range(30))
+    docs = {d for r in train.shards.values() for ds in r.docs(range(len(r))) for d in ds}
+    assert docs == set(range(30))
     assert {d for e in dev.examples for d in e["docs"]} == set(range(10))  # renumbered 30..39
     c.data.max_examples.train = 5
     with pytest.raises(ValueError, match="max_examples is not used by pretraining"):

@@ -7,7 +7,7 @@ import pytest
 from lmtransfer import sharding
 from lmtransfer.data import batching
 from lmtransfer.tasks import make_task
-from lmtransfer.train import init, optim
+from lmtransfer.train import init, loop, optim
 from lmtransfer.train import state as state_lib
 from lmtransfer.train.step import make_train_step
 from tests.configs_loader import load_config
@@ -38,11 +38,7 @@ def run_steps(config, mesh_spec, n_steps=3):
     tok = init.load_tokenizer(config)
     task = make_task(config, tok)
     split = task.load("train")
-    if split.shard_rows is not None:  # pretraining: per-shard rows
-        batcher = batching.ShardedBatcher(split.features, split.shard_rows, split.num_shards,
-                                          split.total_rows, config.train.batch_size, mesh)
-    else:
-        batcher = batching.Batcher(split.features, config.train.batch_size, mesh, (16, 32, 64))
+    batcher = loop.make_batcher(split, config.train.batch_size, mesh, (16, 32, 64))
     model, params = init.build(config, task, tok, mesh, rules)
     tx, lr = optim.make(config.optim, 10)
     sh = state_lib.shardings(model, tx, mesh, rules)

@@ -16,11 +16,16 @@
 from __future__ import annotations
 
 import math
+import queue
+import threading
+import time
 from collections.abc import Iterator
 
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
+
+from lmtransfer.data import shuffle
 
 BATCH_AXES = ("data", "fsdp")
 
@@ -63,15 +68,14 @@ def bucket(length: int, buckets: tuple[int, ...]) -> int:
     return buckets[-1]
 
 
-class Batcher:
-    def __init__(self, features: dict[str, np.ndarray], batch_size: int, mesh,
-                 buckets: tuple[int, ...]):
-        self.features = features
-        self.n = len(features["length"])
+class _Batches:
+    """What both batchers share: the global batch's sharding, this process's rows of it, the
+    position of a step, and a prefetching iterator over train steps."""
+
+    def __init__(self, batch_size: int, mesh):
         self.batch_size = batch_size
         self.sharding = batch_sharding(mesh)
         self.rows = host_rows(self.sharding, batch_size)
-        self.buckets = tuple(sorted(buckets))
 
     @property
     def steps_per_epoch(self) -> int:
@@ -80,15 +84,70 @@ class Batcher:
     def position(self, step: int) -> dict[str, int]:
         return {"epoch": step // self.steps_per_epoch, "batch": step % self.steps_per_epoch}
 
+    def globalize(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """Global arrays from this process's rows."""
+        return {k: jax.make_array_from_process_local_data(
+            self.sharding, v, (self.batch_size,) + v.shape[1:]) for k, v in local.items()}
+
+    def assemble(self, idx: np.ndarray) -> dict[str, jax.Array]:
+        return self.globalize(self.host_batch(idx))
+
+    def train_batch(self, step: int, seed: int) -> dict[str, jax.Array]:
+        return self.assemble(self.train_indices(step, seed))
+
+    def prefetch(self, start: int, stop: int, seed: int, depth: int = 2):
+        """Yields (idx, this process's numpy rows, seconds waited) for train steps
+        [start, stop); a background thread reads up to `depth` steps ahead, so reading from
+        disk overlaps the device's step. The batch of a step does not depend on the prefetch."""
+        q: queue.Queue = queue.Queue(maxsize=depth)
+        stop_event = threading.Event()
+
+        def work():
+            try:
+                for step in range(start, stop):
+                    idx = self.train_indices(step, seed)
+                    item = (idx, self.host_batch(idx))
+                    while not stop_event.is_set():
+                        try:
+                            q.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop_event.is_set():
+                        return
+            except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+                q.put(e)
+
+        thread = threading.Thread(target=work, name="lmtransfer-prefetch", daemon=True)
+        thread.start()
+        try:
+            for _ in range(start, stop):
+                t = time.perf_counter()
+                item = q.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield (*item, time.perf_counter() - t)
+        finally:
+            stop_event.set()
+            thread.join(timeout=5)
+
+
+class Batcher(_Batches):
+    """Batches of an in-memory featurized split (fine-tuning tasks, eval)."""
+
+    def __init__(self, features: dict[str, np.ndarray], batch_size: int, mesh,
+                 buckets: tuple[int, ...]):
+        super().__init__(batch_size, mesh)
+        self.features = features
+        self.n = len(features["length"])
+        self.buckets = tuple(sorted(buckets))
+
     def train_indices(self, step: int, seed: int) -> np.ndarray:
         """Global example indices of train batch `step` (-1 = padding row)."""
         pos = self.position(step)
         order = np.random.default_rng([seed, pos["epoch"]]).permutation(self.n)
         idx = order[pos["batch"] * self.batch_size:(pos["batch"] + 1) * self.batch_size]
         return np.pad(idx, (0, self.batch_size - len(idx)), constant_values=-1)
-
-    def train_batch(self, step: int, seed: int) -> dict[str, jax.Array]:
-        return self.assemble(self.train_indices(step, seed))
 
     def eval_batches(self) -> Iterator[tuple[dict[str, jax.Array], np.ndarray]]:
         order = np.argsort(self.features["length"], kind="stable")
@@ -97,8 +156,8 @@ class Batcher:
             idx = np.pad(idx, (0, self.batch_size - len(idx)), constant_values=-1)
             yield self.assemble(idx), idx
 
-    def assemble(self, idx: np.ndarray) -> dict[str, jax.Array]:
-        """Global arrays for the global batch `idx`; this process fills only its rows.
+    def host_batch(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """This process's rows of the global batch `idx`, as numpy.
 
         Padding rows repeat example 0 (real tokens, so no all-masked attention rows) with
         weight 0. The bucket is computed from the whole global batch, identically everywhere.
@@ -116,11 +175,9 @@ class Batcher:
                 x = x[:, :length]
             out[k] = x
         out["weights"] = (local >= 0).astype(np.float32)
-        return {k: jax.make_array_from_process_local_data(
-            self.sharding, v, (self.batch_size,) + v.shape[1:]) for k, v in out.items()}
+        return out
 
-
-    def tokens(self, idx: np.ndarray) -> int:
+    def tokens(self, idx: np.ndarray, local=None) -> int:
         """Real tokens in the global batch `idx` (for throughput)."""
         return int(self.features["length"][idx[idx >= 0]].sum())
 
@@ -144,53 +201,56 @@ def owned_shards(mesh, batch_size: int, num_shards: int) -> list[int]:
     return list(range(rows.start // block, rows.stop // block))
 
 
-class ShardedBatcher(Batcher):
-    """Train batches when each process holds only its own shards' rows (pretraining corpora).
+class StoreBatcher(_Batches):
+    """Train batches of a token store when each process reads only its own shards.
 
-    `features` are this process's rows, shard after shard (`shard_rows[g]` = (start, stop)
-    for each owned shard g). Shard g fills rows [g*b, (g+1)*b) of every global batch
-    (b = batch_size / num_shards), walking its own permutation per pass, drawn from
-    (seed, g, pass); a position is a pure function of the step, so resume is exact. Rows are
-    packed to max_length, so there is no length bucketing (every process would have to agree
-    on the bucket).
+    `shards` maps each shard g this process owns to its rows (lmtransfer.data.corpus.ShardRows,
+    cut from disk on demand). Shard g fills rows [g*b, (g+1)*b) of every global batch
+    (b = batch_size / num_shards), walking its rows in a fresh permutation per pass over the
+    shard, drawn from (seed, g, pass) in O(1) memory (lmtransfer.data.shuffle): every row is
+    visited once per pass, and a step's rows are a pure function of (seed, step), so resume
+    is exact and the batch is the same for any number of processes. Rows are packed to
+    max_length, so there is no length bucketing (every process would have to agree on it).
     """
 
-    def __init__(self, features, shard_rows: dict[int, tuple[int, int]], num_shards: int,
-                 total_rows: int, batch_size: int, mesh):
-        super().__init__(features, batch_size, mesh, buckets=(features["input_ids"].shape[1],))
-        self.shard_rows, self.num_shards = shard_rows, num_shards
+    def __init__(self, shards: dict, num_shards: int, total_rows: int, batch_size: int, mesh):
+        super().__init__(batch_size, mesh)
+        self.shards, self.num_shards = shards, num_shards
         self.block = batch_size // num_shards
         self.n = total_rows  # steps_per_epoch counts all processes' rows
-        for g, (a, b) in shard_rows.items():
-            if a == b:
+        for g, rows in shards.items():
+            if not len(rows):
                 raise ValueError(f"data shard {g} of {num_shards} is empty: the corpus has too "
                                  "few documents; lower config.data.shards")
 
     def train_indices(self, step: int, seed: int) -> np.ndarray:
-        """Global batch rows as indices into this process's features (-1: another process's
-        row; padding never occurs, shards cycle)."""
+        """Row numbers within each shard's block of the global batch (-1: another process's
+        shard; padding never occurs, shards cycle)."""
         idx = np.full(self.batch_size, -1, np.int64)
         draws = step * self.block + np.arange(self.block)
-        for g, (a, b) in self.shard_rows.items():
-            n = b - a
-            rows = np.empty(self.block, np.int64)
+        for g, rows in self.shards.items():
+            n = len(rows)
+            out = np.empty(self.block, np.int64)
             for p in np.unique(draws // n):
                 sel = draws // n == p
-                rows[sel] = a + np.random.default_rng([seed, g, p]).permutation(n)[draws[sel] % n]
-            idx[g * self.block:(g + 1) * self.block] = rows
+                out[sel] = shuffle.permute(draws[sel] % n, n, (seed, g, p))
+            idx[g * self.block:(g + 1) * self.block] = out
         return idx
 
-    def assemble(self, idx: np.ndarray) -> dict[str, jax.Array]:
-        local = idx[self.rows]
-        out = {k: v[local] for k, v in self.features.items() if k != "length"}
-        out["weights"] = np.ones(len(local), np.float32)
-        return {k: jax.make_array_from_process_local_data(
-            self.sharding, v, (self.batch_size,) + v.shape[1:]) for k, v in out.items()}
+    def host_batch(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        parts = []
+        for a in range(self.rows.start, self.rows.stop, self.block):
+            parts.append(self.shards[a // self.block].read(idx[a:a + self.block]))
+        out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        out["weights"] = np.ones(self.rows.stop - self.rows.start, np.float32)
+        return out
 
-    def tokens(self, idx: np.ndarray) -> int:
+    def globalize(self, local):
+        return super().globalize({k: v for k, v in local.items() if k != "length"})
+
+    def tokens(self, idx: np.ndarray, local) -> int:
         """This process's tokens scaled to the global batch (the others are not read here)."""
-        local = idx[self.rows]
-        return int(self.features["length"][local].sum()) * self.batch_size // len(local)
+        return int(local["length"].sum()) * self.batch_size // len(local["length"])
 
 
 # Features with a sequence axis that bucketing may cut (never labels of other shapes).

@@ -1,36 +1,42 @@
-"""Raw-text corpora for pretraining: documents from local files or TFDS, sharded by document,
-tokenized and packed into fixed-length rows.
+"""Raw-text corpora for pretraining: documents streamed from local files or TFDS, sharded by
+document, and the row layouts that cut a token store's documents into fixed-length rows.
 
 - Files: `config.data.train_files` / `eval_files` are comma-separated paths or globs. `.jsonl`
   files hold one document per line (field `config.data.text_field`); other files are plain
   text whose documents are blank-line-separated paragraphs (`document=paragraph`), single
-  lines (`line`) or whole files (`file`).
+  lines (`line`) or whole files (`file`). Files are read line by line, never whole.
 - TFDS: `config.data.tfds_name` (e.g. `lm1b`, `wikipedia/20230601.en`, `c4/en`) through
-  `tfds.data_source`, which reads records by index, so a process touches only its own.
-- Sharding: document i belongs to shard i % num_shards. Shards never share a document, and a
-  process tokenizes and packs only the shards it owns (see lmtransfer.data.batching).
-- Packing: each document is tokenized (BERT: `[CLS] ... [SEP]` per piece; GPT: the document
-  followed by its end-of-text token), documents longer than a row are cut into row-sized
-  pieces (never dropped), and pieces are packed in order into rows of `max_length` tokens with
+  `tfds.data_source`, which reads records by index, so a worker touches only its own.
+- Empty documents (whitespace only) are skipped by the store builder and counted, never
+  silently.
+- Sharding: document i belongs to shard i % num_shards; shards never share a document.
+- Packing (`Layout`, objective clm/mlm): each document (BERT: `[CLS] ... [SEP]` per piece;
+  GPT: the document followed by its end-of-text token) is cut into row-sized pieces (never
+  dropped), and pieces are packed in order into rows of `max_length` tokens with
   `segment_ids` (1, 2, ... per piece; 0 = padding) and positions that restart per piece, so
-  attention never crosses documents.
+  attention never crosses documents. Sentence pairs (`Layout.pairs`): one
+  `[CLS] A [SEP] B [SEP]` row per span of a document (see `ShardRows`).
+The row index (which pieces make row r) is computed once per shard from the document lengths
+and saved in the store; rows themselves are cut from disk when a step needs them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
-from lmtransfer.data.tables import DataError, read_utf8
+from lmtransfer.data.tables import DataError
 
 log = logging.getLogger(__name__)
 
 DOCUMENT_MODES = ("paragraph", "line", "file")
+PAIR_MODES = ("nsp", "sop")
 
 
 def resolve_files(spec: str, key: str) -> list[str]:
@@ -43,15 +49,29 @@ def resolve_files(spec: str, key: str) -> list[str]:
         found = sorted(glob.glob(os.path.expanduser(p)))
         if not found:
             raise DataError(f"{key}: {p!r} matches no file")
-        files += [f for f in found if os.path.isfile(f)]
+        files += [os.path.abspath(f) for f in found if os.path.isfile(f)]
     return files
 
 
+def _lines(path: str) -> Iterator[str]:
+    """The lines of a UTF-8 file, streamed; bytes that are not UTF-8 name the line."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{n}: bytes that are not UTF-8 ({e.reason}); convert "
+                                "the file to UTF-8") from None
+
+
 def file_documents(path: str, document: str, text_field: str) -> Iterator[str]:
-    """The non-empty documents of one file, in file order."""
-    text = read_utf8(path)
+    """The documents of one file, in file order, empty ones included (whitespace-only lines,
+    records or files: the store builder skips and counts them; blank lines between paragraphs
+    separate documents and are not documents themselves)."""
+    if document not in DOCUMENT_MODES:
+        raise ValueError(f"config.data.document={document!r}; use one of {DOCUMENT_MODES}")
     if path.endswith(".jsonl"):
-        for n, line in enumerate(text.splitlines(), 1):
+        for n, line in enumerate(_lines(path), 1):
             if not line.strip():
                 continue
             try:
@@ -61,197 +81,287 @@ def file_documents(path: str, document: str, text_field: str) -> Iterator[str]:
                                 f"({e}); set config.data.text_field") from None
             if not isinstance(doc, str):
                 raise DataError(f"{path}:{n}: {text_field!r} is not a string")
-            if doc.strip():
-                yield doc
-        return
-    if document == "file":
-        parts = [text]
+            yield doc
+    elif document == "file":
+        yield "".join(_lines(path))
     elif document == "line":
-        parts = text.splitlines()
-    elif document == "paragraph":
-        parts, current = [], []
-        for line in text.splitlines():
+        for line in _lines(path):
+            yield line.rstrip("\r\n")
+    else:
+        current = []
+        for line in _lines(path):
+            line = line.rstrip("\r\n")
             if line.strip():
                 current.append(line)
             elif current:
-                parts.append("\n".join(current))
+                yield "\n".join(current)
                 current = []
-        parts.append("\n".join(current))
+        if current:
+            yield "\n".join(current)
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Where one split's documents come from; documents [start, stop) of it (stop -1: all)."""
+
+    kind: str  # files | tfds
+    files: tuple[str, ...] = ()
+    document: str = "paragraph"
+    text_field: str = "text"
+    tfds_name: str = ""
+    tfds_split: str = ""
+    tfds_data_dir: str = ""
+    start: int = 0
+    stop: int = -1
+    key: str = "config.data.train_files"
+
+    def describe(self) -> dict:
+        """What the store's manifest records (and a rerun must match)."""
+        if self.kind == "files":
+            what = {"files": [{"path": p, "bytes": os.path.getsize(p)} for p in self.files],
+                    "document": self.document, "text_field": self.text_field}
+        else:
+            what = {"tfds": self.tfds_name, "split": self.tfds_split,
+                    "data_dir": self.tfds_data_dir, "text_field": self.text_field}
+        return {"kind": self.kind, **what, "documents": [self.start, self.stop]}
+
+    @property
+    def name(self) -> str:
+        if self.kind == "tfds":
+            return f"tfds {self.tfds_name}[{self.tfds_split}]"
+        return ",".join(self.files) if len(self.files) <= 3 else (
+            f"{self.files[0]} and {len(self.files) - 1} more files")
+
+    def text_bytes(self) -> int:
+        return sum(os.path.getsize(p) for p in self.files) if self.kind == "files" else 0
+
+    def _tfds(self):
+        import tensorflow_datasets as tfds
+
+        return tfds.data_source(self.tfds_name, split=self.tfds_split,
+                                data_dir=os.path.expanduser(self.tfds_data_dir) or None,
+                                download=False)
+
+    def count(self) -> int:
+        """Documents in the whole source (ignoring start/stop); a pass over files."""
+        if self.kind == "tfds":
+            return len(self._tfds())
+        return sum(1 for _ in self.documents(ignore_range=True))
+
+    def documents(self, shards=None, num_shards: int = 1,
+                  ignore_range: bool = False) -> Iterator[tuple[int, str]]:
+        """(index within [start, stop), text) of the documents, in order (TFDS: shard by
+        shard); with `shards`, only those whose index % num_shards is in it."""
+        start, stop = (0, -1) if ignore_range else (self.start, self.stop)
+        keep = None if shards is None else set(shards)
+        if self.kind == "tfds":
+            source = self._tfds()
+            stop = len(source) if stop < 0 else stop
+            if keep is None:
+                keep = set(range(num_shards))
+            for g in sorted(keep):  # shard by shard: records are read by index
+                for i in range(start + g, stop, num_shards):
+                    yield i - start, self._tfds_text(source, i)
+            return
+        i = 0
+        for path in self.files:
+            for doc in file_documents(path, self.document, self.text_field):
+                if stop >= 0 and i >= stop:
+                    return
+                if i >= start and (keep is None or (i - start) % num_shards in keep):
+                    yield i - start, doc
+                i += 1
+
+    def _tfds_text(self, source, i: int) -> str:
+        ex = source[i]
+        if self.text_field not in ex:
+            raise DataError(f"{self.name}[{i}] has no {self.text_field!r} feature (it has "
+                            f"{sorted(ex)}); set config.data.text_field")
+        t = ex[self.text_field]
+        text = t.decode("utf-8") if isinstance(t, bytes) else str(t)
+        return text
+
+
+def sources(data, split: str) -> Source:
+    """The configured source of `split` ('train' or 'dev'): the eval files / split, or the last
+    `eval_fraction` of the train documents when there are none."""
+    if data.source == "files":
+        key, spec = (("config.data.eval_files", data.eval_files) if split != "train" and
+                     data.eval_files else ("config.data.train_files", data.train_files))
+        src = Source("files", tuple(resolve_files(spec, key)), data.document, data.text_field,
+                     key=key)
+        held_out = not data.eval_files
+    elif data.source == "tfds":
+        name = data.tfds_eval_split if split != "train" and data.tfds_eval_split else (
+            data.tfds_train_split)
+        src = Source("tfds", text_field=data.text_field, tfds_name=data.tfds_name,
+                     tfds_split=name, tfds_data_dir=data.tfds_data_dir,
+                     key="config.data.tfds_name")
+        held_out = not data.tfds_eval_split
     else:
-        raise ValueError(f"config.data.document={document!r}; use one of {DOCUMENT_MODES}")
-    yield from (p for p in parts if p.strip())
+        raise ValueError(f"config.data.source={data.source!r}; use files or tfds")
+    if not held_out:
+        return src
+    if not 0 < data.eval_fraction < 1:
+        raise ValueError("no eval data: set config.data.eval_files (or tfds_eval_split) or "
+                         "config.data.eval_fraction in (0, 1)")
+    n = src.count()
+    cut = n - max(1, int(round(n * data.eval_fraction)))
+    if cut < 1:
+        raise DataError(f"{src.name}: {n} documents are too few to hold out "
+                        f"eval_fraction={data.eval_fraction}")
+    return dataclasses.replace(src, start=0, stop=cut) if split == "train" else (
+        dataclasses.replace(src, start=cut, stop=n))
 
 
-class Corpus:
-    """The documents of one split: `len(corpus)` and `corpus.get(indices)` -> texts."""
+# ------------------------------------------------------------------------------ row layouts
 
-    def __init__(self, count: int, get: Callable[[list[int]], list[str]], name: str):
-        self.count, self._get, self.name = count, get, name
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How a shard's documents become rows of `max_length` tokens."""
+
+    max_length: int
+    prefix: tuple[int, ...]  # wraps every piece: BERT [CLS] ... [SEP], GPT ... <eos>
+    suffix: tuple[int, ...]
+    pairs: str = ""  # '' (packing) | nsp | sop: one [CLS] A [SEP] B [SEP] row per span
+
+    @property
+    def key(self) -> str:
+        """Names the row index in the store (nsp and sop share one: they differ at read)."""
+        if self.pairs:
+            return f"pairs-L{self.max_length}"
+        return f"pack-p{len(self.prefix)}s{len(self.suffix)}-L{self.max_length}"
+
+    @property
+    def room(self) -> int:
+        room = self.max_length - (3 if self.pairs else len(self.prefix) + len(self.suffix))
+        if room < (2 if self.pairs else 1):
+            raise ValueError(f"config.data.max_length={self.max_length} leaves no room for text")
+        return room
+
+    def build(self, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+        """(pieces [P, 2] = (token start, length), rows [R + 1] = first piece of each row,
+        info) from the documents' token counts."""
+        room = self.room
+        lengths = np.asarray(lengths, np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        count = -(-lengths // room)
+        doc = np.repeat(np.arange(len(lengths)), count)
+        j = np.arange(len(doc)) - np.repeat(np.cumsum(count) - count, count)
+        start = offsets[doc] + j * room
+        size = np.minimum(room, lengths[doc] - j * room)
+        info = {}
+        if self.pairs:  # a span of one token cannot be split into A and B
+            keep = size >= 2
+            info["one-token spans (cannot be split into a sentence pair)"] = int((~keep).sum())
+            start, size = start[keep], size[keep]
+            return (np.stack([start, size], 1), np.arange(len(start) + 1), info)
+        extra = len(self.prefix) + len(self.suffix)
+        rows, fill, L = [0], 0, self.max_length
+        for i, n in enumerate((size + extra).tolist()):  # greedy, in order
+            if fill + n > L:
+                rows.append(i)
+                fill = 0
+            fill += n
+        rows.append(len(size))
+        if len(size) == 0:
+            rows = [0]
+        return np.stack([start, size], 1), np.asarray(rows, np.int64), info
+
+
+class ShardRows:
+    """The rows of one store shard in one layout, cut from disk on demand.
+
+    Sentence pairs: row r is span r of a document, split at a random token into A and B from
+    (seed, shard, split, r) (so a row is the same whenever it is read). `sop` (ALBERT): B and A
+    swap with probability 1/2 (label 1 = swapped). `nsp` (BERT): with probability 1/2, B is
+    replaced by as many tokens from a random span of another document (label 1 = random).
+    token_type_ids are 0 for [CLS] A [SEP] and 1 for B [SEP]; A and B are one segment.
+    """
+
+    def __init__(self, shard, layout: Layout, *, seed: int, train: bool, word_start: bool):
+        self.shard, self.layout, self.want_words = shard, layout, word_start
+        self.seed, self.train = seed, train
+        self.pieces, self.rows = shard.index(layout.key, layout.build)
+        self.index_info = shard.index_info(layout.key)
+        self.n = len(self.rows) - 1
+        self._doc_offsets = None
 
     def __len__(self) -> int:
-        return self.count
+        return self.n
 
-    def get(self, indices) -> list[str]:
-        return self._get(list(indices))
-
-
-def from_files(spec: str, key: str, document: str, text_field: str) -> Corpus:
-    """Documents of local files (read into memory: plain-text corpora that fit on a host)."""
-    docs = []
-    for path in resolve_files(spec, key):
-        docs += list(file_documents(path, document, text_field))
-    if not docs:
-        raise DataError(f"{key}={spec!r}: the files hold no text")
-    return Corpus(len(docs), lambda idx: [docs[i] for i in idx], spec)
-
-
-def from_tfds(name: str, split: str, data_dir: str, text_field: str) -> Corpus:
-    """A TFDS text data set; records are read by index, only those asked for."""
-    import tensorflow_datasets as tfds
-
-    source = tfds.data_source(name, split=split, data_dir=os.path.expanduser(data_dir) or None,
-                              download=False)
-    where = f"tfds {name}[{split}]"
-    if not len(source):
-        raise DataError(f"{where} is empty")
-
-    def get(idx):
-        out = []
-        for i in idx:
-            ex = source[i]
-            if text_field not in ex:
-                raise DataError(f"{where}[{i}] has no {text_field!r} feature (it has "
-                                f"{sorted(ex)}); set config.data.text_field")
-            t = ex[text_field]
-            out.append(t.decode("utf-8") if isinstance(t, bytes) else str(t))
+    def docs(self, rows) -> list[list[int]]:
+        """The documents (their indices in the split's source) in each row."""
+        if self._doc_offsets is None:
+            self._doc_offsets = np.asarray(self.shard.docs.all())
+        ids, out = self.shard.ids.all(), []
+        for r in rows:
+            p = self.pieces.get(*self.rows.get(r, r + 2).tolist())
+            local = np.searchsorted(self._doc_offsets, p[:, 0], "right") - 1
+            out.append(sorted(set(ids[local].tolist())))
         return out
 
-    return Corpus(len(source), get, where)
+    def read(self, rows) -> dict[str, np.ndarray]:
+        """Features of `rows` ([k] row numbers): input_ids, segment_ids, position_ids,
+        token_type_ids, attention_mask [k, L], length [k] (+ word_start, pair_label)."""
+        k, L = len(rows), self.layout.max_length
+        out = {name: np.zeros((k, L), np.int32) for name in
+               ("input_ids", "segment_ids", "position_ids", "token_type_ids")}
+        words = np.zeros((k, L), bool)
+        labels = np.zeros(k, np.int32)
+        for i, r in enumerate(np.asarray(rows).tolist()):
+            lo, hi = self.rows.get(r, r + 2).tolist()
+            if self.layout.pairs:
+                labels[i] = self._pair(out, i, r, *self.pieces.get(lo, hi)[0].tolist())
+                continue
+            at = 0
+            pre, suf = list(self.layout.prefix), list(self.layout.suffix)
+            for s, (start, n) in enumerate(self.pieces.get(lo, hi).tolist()):
+                m = len(pre) + n + len(suf)
+                span = slice(at, at + m)
+                out["input_ids"][i, span] = pre + self.shard.tokens.get(start, start + n
+                                                                         ).tolist() + suf
+                out["segment_ids"][i, span] = s + 1
+                out["position_ids"][i, span] = np.arange(m)
+                if self.want_words:
+                    words[i, span] = True
+                    words[i, at + len(pre):at + len(pre) + n] = self.shard.word_starts(
+                        start, start + n)
+                at += m
+        out["attention_mask"] = (out["segment_ids"] > 0).astype(np.int32)
+        out["length"] = out["attention_mask"].sum(1).astype(np.int32)
+        if self.want_words:
+            out["word_start"] = words
+        if self.layout.pairs:
+            out["pair_label"] = labels
+        return out
 
-
-def subset(corpus: Corpus, start: int, stop: int) -> Corpus:
-    """Documents [start, stop) of a corpus, renumbered from 0."""
-    return Corpus(stop - start, lambda idx: corpus.get([start + i for i in idx]),
-                  f"{corpus.name}[{start}:{stop}]")
-
-
-def shard_documents(n: int, shards: list[int], num_shards: int) -> dict[int, np.ndarray]:
-    """Document indices of each owned shard (document i -> shard i % num_shards)."""
-    return {g: np.arange(g, n, num_shards) for g in shards}
-
-
-def pack(token_lists: list[list[int]], max_length: int, *, prefix: list[int],
-         suffix: list[int], doc_ids: list[int],
-         start_lists: list[list[bool]] | None = None) -> dict[str, np.ndarray]:
-    """Packs documents into rows of `max_length` (see the module docstring).
-
-    Each document's tokens are cut into pieces of at most `max_length - len(prefix+suffix)`,
-    each wrapped as prefix + piece + suffix. Returns input_ids, segment_ids, position_ids,
-    length ([n]), doc ([n, max pieces per row] document ids, -1 = none) and, with
-    `start_lists` (per-token word starts), word_start (special tokens count as starts).
-    """
-    room = max_length - len(prefix) - len(suffix)
-    if room < 1:
-        raise ValueError(f"config.data.max_length={max_length} leaves no room for text")
-    rows, row = [], []  # a row is a list of (doc, tokens, starts) pieces
-    for d, tokens in enumerate(token_lists):
-        starts = start_lists[d] if start_lists is not None else [True] * len(tokens)
-        for a in range(0, max(len(tokens), 1), room):
-            piece = (doc_ids[d], prefix + tokens[a:a + room] + suffix,
-                     [True] * len(prefix) + list(starts[a:a + room]) + [True] * len(suffix))
-            if sum(len(p[1]) for p in row) + len(piece[1]) > max_length:
-                rows.append(row)
-                row = []
-            row.append(piece)
-    if row:
-        rows.append(row)
-    n = len(rows)
-    out = {k: np.zeros((n, max_length), np.int32)
-           for k in ("input_ids", "segment_ids", "position_ids")}
-    word_start = np.zeros((n, max_length), bool)
-    doc = np.full((n, max((len(r) for r in rows), default=1)), -1, np.int64)
-    for r, pieces in enumerate(rows):
-        at = 0
-        for s, (d, tokens, starts) in enumerate(pieces):
-            span = slice(at, at + len(tokens))
-            out["input_ids"][r, span] = tokens
-            out["segment_ids"][r, span] = s + 1
-            out["position_ids"][r, span] = np.arange(len(tokens))
-            word_start[r, span] = starts
-            doc[r, s] = d
-            at += len(tokens)
-    out["length"] = (out["segment_ids"] > 0).sum(1).astype(np.int32)
-    out["doc"] = doc
-    if start_lists is not None:
-        out["word_start"] = word_start
-    return out
-
-
-def tokenize(tokenizer, texts: list[str], word_starts: bool = False):
-    """Token ids per text without special tokens (and, if asked, whether each token starts a
-    word: whole-word masking needs it)."""
-    enc = tokenizer(texts, add_special_tokens=False, return_attention_mask=False,
-                    return_token_type_ids=False, verbose=False)
-    ids = enc["input_ids"]
-    if not word_starts:
-        return ids, None
-    starts = []
-    for i in range(len(texts)):
-        words = enc.word_ids(i)
-        starts.append([w is None or j == 0 or words[j - 1] != w for j, w in enumerate(words)])
-    return ids, starts
-
-
-PAIR_MODES = ("nsp", "sop")
-
-
-def sentence_pairs(token_lists: list[list[int]], max_length: int, *, cls: int, sep: int,
-                   mode: str, rng: np.random.Generator,
-                   doc_ids: list[int]) -> dict[str, np.ndarray]:
-    """Rows `[CLS] A [SEP] B [SEP]` for BERT's second objective (one pair per row, no packing).
-
-    Each document is cut into consecutive spans of up to max_length - 3 tokens; each span is
-    split at a random token into A and B. `sop` (sentence-order prediction, ALBERT): B and A
-    swap places with probability 1/2 (label 1 = swapped). `nsp` (next-sentence prediction,
-    BERT): B is replaced with probability 1/2 by a span of the same length from another
-    document (label 1 = random). Spans of one token cannot be split; they are counted in
-    `skipped` (a [n]-free scalar) rather than silently lost. token_type_ids are 0 for
-    [CLS] A [SEP] and 1 for B [SEP]; A and B are one segment (they may attend to each other).
-    """
-    if mode not in PAIR_MODES:
-        raise ValueError(f"config.data.sentence_pairs={mode!r}; use one of {PAIR_MODES} or ''")
-    room = max_length - 3
-    spans = [(d, t[a:a + room]) for d, t in zip(doc_ids, token_lists, strict=True)
-             for a in range(0, len(t), room)]
-    rows, skipped = [], 0
-    for d, span in spans:
-        if len(span) < 2:
-            skipped += 1
-            continue
-        cut = int(rng.integers(1, len(span)))
+    def _pair(self, out, i: int, r: int, start: int, n: int) -> int:
+        rng = np.random.default_rng([self.seed, self.shard.g, int(self.train), r])
+        span = self.shard.tokens.get(start, start + n).tolist()
+        cut = int(rng.integers(1, n))
         a, b, label = span[:cut], span[cut:], int(rng.random() < 0.5)
-        if label and mode == "sop":
+        if label and self.layout.pairs == "sop":
             a, b = b, a
-        elif label:  # nsp: B from another document (if there is one)
-            others = [s for e, s in spans if e != d]
-            if not others:
-                label = 0
-            else:
-                other = others[int(rng.integers(len(others)))]
-                start = int(rng.integers(0, max(len(other) - len(b), 0) + 1))
-                b = other[start:start + len(b)]
-        rows.append(([cls] + a + [sep], b + [sep], label, d))
-    n = len(rows)
-    out = {k: np.zeros((n, max_length), np.int32)
-           for k in ("input_ids", "segment_ids", "position_ids", "token_type_ids")}
-    for r, (first, second, _, _) in enumerate(rows):
-        ids = first + second
-        out["input_ids"][r, :len(ids)] = ids
-        out["segment_ids"][r, :len(ids)] = 1
-        out["position_ids"][r, :len(ids)] = np.arange(len(ids))
-        out["token_type_ids"][r, len(first):len(ids)] = 1
-    out["pair_label"] = np.array([r[2] for r in rows], np.int32)
-    out["length"] = out["segment_ids"].sum(1).astype(np.int32)
-    out["doc"] = np.array([[r[3]] for r in rows], np.int64).reshape(n, 1)
-    out["skipped"] = skipped
-    return out
+        elif label:  # nsp: B from a random span of another document, if there is one
+            label = 0
+            if self._doc_offsets is None:
+                self._doc_offsets = np.asarray(self.shard.docs.all())
+            doc = np.searchsorted(self._doc_offsets, start, "right")
+            for _ in range(32):
+                o = int(rng.integers(self.n))
+                o_start, o_n = self.pieces.get(o, o + 1)[0].tolist()
+                if np.searchsorted(self._doc_offsets, o_start, "right") != doc:
+                    at = int(rng.integers(0, max(o_n - len(b), 0) + 1))
+                    b = self.shard.tokens.get(o_start + at, o_start + min(o_n, at + len(b))
+                                              ).tolist()
+                    label = 1
+                    break
+        cls, sep = self.layout.prefix[0], self.layout.suffix[0]
+        first, second = [cls] + a + [sep], b + [sep]
+        m = len(first) + len(second)
+        out["input_ids"][i, :m] = first + second
+        out["segment_ids"][i, :m] = 1
+        out["position_ids"][i, :m] = np.arange(m)
+        out["token_type_ids"][i, len(first):m] = 1
+        return label

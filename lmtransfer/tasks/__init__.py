@@ -9,13 +9,17 @@ TASKS = {"classification": "lmtransfer.tasks.classification:ClassificationTask",
          "mlm": "lmtransfer.tasks.pretrain:PretrainTask"}
 
 
-def make_task(config, tokenizer) -> Task:
+def make_task(config, tokenizer, workdir: str | None = None) -> Task:
+    """The task of `config.task`; `workdir` is where a pretraining task prepares its token
+    store when config.data.store is not set."""
     import importlib
 
     if config.task not in TASKS:
         raise ValueError(f"config.task={config.task!r}; use one of {sorted(TASKS)}")
     module, cls = TASKS[config.task].split(":")
-    return getattr(importlib.import_module(module), cls)(config, tokenizer)
+    task = getattr(importlib.import_module(module), cls)
+    return task(config, tokenizer, workdir) if config.task in ("clm", "mlm") else task(
+        config, tokenizer)
 
 
 __all__ = ["Split", "Task", "make_task", "TASKS"]

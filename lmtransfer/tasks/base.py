@@ -31,14 +31,15 @@ class Split:
     examples: list[dict[str, Any]]
     labelled: bool = True
     records: list[Any] | None = None
-    # Pretraining train splits hold only this process's data shards (data.batching):
-    # shard -> (start, stop) rows of `features`, the shard count and all processes' rows.
-    shard_rows: dict[int, tuple[int, int]] | None = None
+    # Pretraining train splits are read from a token store, only this process's shards:
+    # shard -> its rows (lmtransfer.data.corpus.ShardRows), the shard count and all
+    # processes' rows; `features` is then empty.
+    shards: dict[int, Any] | None = None
     num_shards: int = 1
     total_rows: int = 0
 
     def __len__(self) -> int:
-        return len(self.features["length"])
+        return self.total_rows if self.shards is not None else len(self.features["length"])
 
 
 class Task(abc.ABC):

@@ -11,20 +11,27 @@
        exact on resume); eval masks are drawn once per split from the seed, so eval loss is
        comparable between runs, batch sizes and meshes.
        `sentence_pairs=nsp|sop` adds BERT's next-sentence or ALBERT's sentence-order
-       prediction on `[CLS] A [SEP] B [SEP]` rows (lmtransfer.data.corpus.sentence_pairs);
+       prediction on `[CLS] A [SEP] B [SEP]` rows (lmtransfer.data.corpus.ShardRows);
        its summed loss is weighted by mask_rate x max_length (the expected masked tokens per
        row), so the two objectives count about equally, as BERT's mean + mean does, while
        sums still add exactly over microbatches.
 
 Eval reports the token-weighted loss, perplexity = exp(loss) and accuracy (predicted token ==
-target) over the predicted tokens. The corpus side is lmtransfer.data.corpus.
+target) over the predicted tokens.
+
+Data: the corpus is tokenized once into a token store (lmtransfer.data.store, built by
+lmtransfer.prepare, or by the first start of a train run into `<workdir>/store`); train rows
+are cut from it on demand by step (lmtransfer.data.batching.StoreBatcher), so start-up and
+memory do not grow with the corpus and a resume never tokenizes again.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +40,7 @@ import optax
 
 from lmtransfer import sharding, tokenization
 from lmtransfer.data import batching, corpus
+from lmtransfer.data import store as store_lib
 from lmtransfer.tasks.base import Split, Task
 
 log = logging.getLogger(__name__)
@@ -40,51 +48,55 @@ log = logging.getLogger(__name__)
 OBJECTIVES = {"clm": "lm", "mlm": "mlm"}  # objective -> model head
 
 
-def load_corpus(data, split: str) -> corpus.Corpus:
-    """The documents of `split` ('train' or 'dev') from files or TFDS, with the dev split
-    taken from the end of the train documents when `eval_fraction` > 0."""
-    if data.source == "files":
-        spec, key = ((data.train_files, "config.data.train_files") if split == "train" or
-                     not data.eval_files else (data.eval_files, "config.data.eval_files"))
-        docs = corpus.from_files(spec, key, data.document, data.text_field)
-    elif data.source == "tfds":
-        name = data.tfds_train_split if split == "train" or not data.tfds_eval_split else (
-            data.tfds_eval_split)
-        docs = corpus.from_tfds(data.tfds_name, name, data.tfds_data_dir, data.text_field)
-    else:
-        raise ValueError(f"config.data.source={data.source!r}; use files or tfds")
-    held_out = (data.source == "files" and not data.eval_files) or (
-        data.source == "tfds" and not data.tfds_eval_split)
-    if not held_out:
-        return docs
-    if not 0 < data.eval_fraction < 1:
-        raise ValueError("no eval data: set config.data.eval_files (or tfds_eval_split) or "
-                         "config.data.eval_fraction in (0, 1)")
-    cut = len(docs) - max(1, int(round(len(docs) * data.eval_fraction)))
-    if cut < 1:
-        raise ValueError(f"{docs.name}: {len(docs)} documents are too few to hold out "
-                         f"eval_fraction={data.eval_fraction}")
-    return corpus.subset(docs, 0, cut) if split == "train" else corpus.subset(docs, cut, len(docs))
+def has_sources(data) -> bool:
+    """Does the config name raw text (files or a TFDS data set) to prepare a store from?"""
+    return bool(data.train_files if data.source == "files" else data.tfds_name)
+
+
+def store_root(config, workdir: str | None) -> str:
+    """config.data.store, else `<workdir>/store` (prepared there on the first start)."""
+    if config.data.store:
+        return config.data.store
+    if not workdir:
+        raise ValueError("pretraining reads a token store: set config.data.store (built by "
+                         "python -m lmtransfer.prepare) or run with a --workdir")
+    return os.path.join(workdir, "store")
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
 
 
 def corpus_tokenizer(config, workdir: str):
-    """The tokenizer trained on the train corpus (`config.model.tokenizer` = wordpiece | bpe),
-    saved in `<workdir>/tokenizer` by process 0 and reused when it exists (resume)."""
+    """The tokenizer trained on the train corpus (`config.model.tokenizer` = wordpiece | bpe)
+    and kept in `<workdir>/tokenizer` (reused on resume and by fine-tuning): copied from the
+    store when it was prepared with one, else trained by process 0 on the first
+    `config.data.tokenizer_docs` documents (all when 0), streamed."""
     out = os.path.join(workdir, "tokenizer")
     if jax.process_index() == 0 and not os.path.exists(os.path.join(out, "tokenizer.json")):
-        docs = load_corpus(config.data, "train")
-        n = min(len(docs), config.data.tokenizer_docs or len(docs))
-        log.info("training a %s tokenizer (vocab %d) on %d documents of %s",
-                 config.model.tokenizer, config.data.vocab_size, n, docs.name)
         tmp = out + ".tmp"
-        tokenization.train_tokenizer(config.model.tokenizer,
-                                     (t for a in range(0, n, 1000)
-                                      for t in docs.get(range(a, min(a + 1000, n)))),
-                                     config.data.vocab_size, tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        shipped = os.path.join(config.data.store, "tokenizer") if config.data.store else ""
+        if shipped and os.path.exists(os.path.join(shipped, "tokenizer.json")):
+            shutil.copytree(shipped, tmp)
+        elif has_sources(config.data):
+            src = corpus.sources(config.data, "train")
+            n = config.data.tokenizer_docs or None
+            log.info("training a %s tokenizer (vocab %d) on %s documents of %s",
+                     config.model.tokenizer, config.data.vocab_size, n or "all", src.name)
+            texts = itertools.islice((t for _, t in src.documents() if t.strip()), n)
+            tokenization.train_tokenizer(config.model.tokenizer, texts,
+                                         config.data.vocab_size, tmp)
+        else:
+            raise ValueError(
+                f"config.model.tokenizer={config.model.tokenizer} trains a tokenizer on the "
+                f"corpus, but config.data.store={config.data.store!r} has no tokenizer/ and "
+                "no raw text is configured: set config.model.tokenizer to the tokenizer dir "
+                "the store was built with")
         os.replace(tmp, out)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices("lmtransfer:tokenizer")
+    _sync("lmtransfer:tokenizer")
     return tokenization.load_tokenizer(out)
 
 
@@ -141,8 +153,9 @@ class PretrainTask(Task):
     main_metric = "loss"
     greater_is_better = False
 
-    def __init__(self, config, tokenizer):
+    def __init__(self, config, tokenizer, workdir: str | None = None):
         self.config, self.data, self.tokenizer = config, config.data, tokenizer
+        self.workdir = workdir
         if config.data.max_examples.train or config.data.max_examples.dev:
             raise ValueError("config.data.max_examples is not used by pretraining: choose the "
                              "documents with train_files / eval_files and the length with "
@@ -178,61 +191,70 @@ class PretrainTask(Task):
     def test_splits(self):
         return ()
 
-    def load(self, split: str) -> Split:
-        docs = load_corpus(self.data, split)
-        if split == "train":
-            num_shards = self.data.shards
-            mesh = sharding.make_mesh(self.config.mesh.to_dict())
-            owned = batching.owned_shards(mesh, self.config.train.batch_size, num_shards)
-        else:
-            num_shards, owned = 1, [0]
-        parts, shard_rows, examples, at = [], {}, [], 0
-        shards = corpus.shard_documents(len(docs), owned, num_shards)
-        skipped = 0
-        for g, doc_idx in shards.items():
-            packed = self._pack(docs, doc_idx, np.random.default_rng(
-                [self.config.seed, g, split == "train"]))
-            skipped += packed.pop("skipped", 0)
-            examples += [{"shard": g, "docs": [int(d) for d in row if d >= 0]}
-                         for row in packed.pop("doc")]
-            shard_rows[g] = (at, at + len(packed["length"]))
-            at += len(packed["length"])
-            parts.append(packed)
-        features = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        features["attention_mask"] = (features["segment_ids"] > 0).astype(np.int32)
-        features.setdefault("token_type_ids", np.zeros_like(features["input_ids"]))
-        if skipped:
-            log.warning("%s: %d one-token spans could not be split into a sentence pair and "
-                        "are not used (config.data.sentence_pairs)", split, skipped)
-        total = at
-        if jax.process_count() > 1 and split == "train":
-            from jax.experimental import multihost_utils
-            total = int(multihost_utils.process_allgather(np.array(at)).sum())
-        log.info("%s: %d documents of %s -> %d rows of %d tokens (%.1f%% filled)%s", split,
-                 sum(len(d) for d in shards.values()), docs.name, at, self.data.max_length,
-                 100 * features["length"].sum() / max(features["length"].size, 1)
-                 / self.data.max_length,
-                 f", shards {owned} of {num_shards}" if split == "train" else "")
-        if self.objective == "mlm" and split != "train":
-            features.update(self._fixed_masks(features))
-        out = Split(split, features, examples, labelled=True)
-        if split == "train":
-            out.shard_rows, out.num_shards, out.total_rows = shard_rows, num_shards, total
-        return out
+    @property
+    def layout(self) -> corpus.Layout:
+        """How the store's documents become this task's rows."""
+        return corpus.Layout(self.data.max_length, tuple(self.prefix), tuple(self.suffix),
+                             self.pairs)
 
-    def _pack(self, docs, doc_idx, rng):
-        tokens, starts = [], []
-        for a in range(0, len(doc_idx), 1000):
-            chunk = doc_idx[a:a + 1000]
-            ids, st = corpus.tokenize(self.tokenizer, docs.get(chunk), self.whole_word)
-            tokens += ids
-            starts += st or []
-        if self.pairs:
-            return corpus.sentence_pairs(tokens, self.data.max_length, cls=self.prefix[0],
-                                         sep=self.suffix[0], mode=self.pairs, rng=rng,
-                                         doc_ids=list(doc_idx))
-        return corpus.pack(tokens, self.data.max_length, prefix=self.prefix, suffix=self.suffix,
-                           doc_ids=list(doc_idx), start_lists=starts if self.whole_word else None)
+    def _store(self, split: str, shards: list[int]) -> store_lib.Store:
+        """The store of `split` holding `shards`: prepared (missing shards only) when the
+        config names raw text, else opened as it is; checked against this tokenizer."""
+        path = os.path.join(store_root(self.config, self.workdir), split)
+        if has_sources(self.data):
+            from lmtransfer import prepare
+
+            builder = split == "train" or jax.process_index() == 0
+            if builder:
+                prepare.prepare_split(
+                    self.config, self.tokenizer, self.layout, path, split, shards,
+                    self.data.prepare_workers,
+                    command=f"rerun the train command, which prepares {path} on start",
+                    progress=jax.process_index() == 0)
+            _sync(f"lmtransfer:store:{split}")
+        st = store_lib.Store(path)
+        st.check(store_lib.tokenizer_hash(self.tokenizer), shards, self.tokenizer.name_or_path)
+        return st
+
+    def load(self, split: str) -> Split:
+        if split == "train":
+            mesh = sharding.make_mesh(self.config.mesh.to_dict())
+            owned = batching.owned_shards(mesh, self.config.train.batch_size, self.data.shards)
+            st = self._store("train", owned)
+            if st.num_shards != self.data.shards:
+                raise store_lib.StoreError(
+                    f"{st.path} has {st.num_shards} shards but config.data.shards="
+                    f"{self.data.shards}; set config.data.shards={st.num_shards}")
+        else:
+            st, owned = self._store(split, [0]), [0]
+        shards = {g: corpus.ShardRows(st.shard(g), self.layout, seed=self.config.seed,
+                                      train=split == "train", word_start=self.whole_word)
+                  for g in owned}
+        rows = sum(len(r) for r in shards.values())
+        skipped = {}
+        for r in shards.values():
+            for k, v in r.index_info.items():
+                skipped[k] = skipped.get(k, 0) + v
+        if any(skipped.values()):
+            log.warning("%s: not used: %s (config.data.sentence_pairs)", split,
+                        ", ".join(f"{v} {k}" for k, v in skipped.items()))
+        log.info("%s: %d documents of %s -> %d rows of %d tokens%s", split,
+                 sum(r.shard.num_docs for r in shards.values()), st.path, rows,
+                 self.data.max_length,
+                 f", shards {owned} of {st.num_shards}" if split == "train" else "")
+        if split == "train":
+            total = rows
+            if jax.process_count() > 1:
+                from jax.experimental import multihost_utils
+                total = int(multihost_utils.process_allgather(np.array(rows)).sum())
+            return Split(split, {}, [], labelled=True, shards=shards, num_shards=st.num_shards,
+                         total_rows=total)
+        dev = shards[0]
+        features = dev.read(np.arange(len(dev)))
+        examples = [{"docs": d} for d in dev.docs(range(len(dev)))]
+        if self.objective == "mlm":
+            features.update(self._fixed_masks(features))
+        return Split(split, features, examples, labelled=True)
 
     def _masks(self, rng, batch):
         return mask_tokens(rng, batch["input_ids"], batch["segment_ids"],

@@ -75,7 +75,7 @@ def _run_splits(config, workdir, which: str, result_file: str):
     mesh = sharding.make_mesh(config.mesh.to_dict())
     rules = sharding.rules_from_config(config.sharding_rules)
     tokenizer = init.load_tokenizer(config, workdir)
-    task = make_task(config, tokenizer)
+    task = make_task(config, tokenizer, workdir)
     model, params, meta = checkpoints.load_model(workdir, mesh=mesh, rules=rules,
                                                  **init.config_overrides(config))
     log.info("restored %s (head=%s)", checkpoints.resolve(workdir), meta["head"])

@@ -89,16 +89,11 @@ def train(config, workdir: str) -> dict:
         raise ValueError(f"config.train.batch_size={t.batch_size} must split into "
                          f"grad_accum={t.grad_accum} microbatches divisible by data x fsdp")
     tokenizer = init.load_tokenizer(config, workdir)
-    task = make_task(config, tokenizer)
+    task = make_task(config, tokenizer, workdir)
     buckets = eval_lib.buckets(config)
     train_split = task.load("train")
     eval_splits = [task.load(s) for s in task.eval_splits()]
-    if train_split.shard_rows is not None:  # each process holds only its own data shards
-        batcher = batching.ShardedBatcher(train_split.features, train_split.shard_rows,
-                                          train_split.num_shards, train_split.total_rows,
-                                          t.batch_size, mesh)
-    else:
-        batcher = batching.Batcher(train_split.features, t.batch_size, mesh, buckets)
+    batcher = make_batcher(train_split, t.batch_size, mesh, buckets)
     total = t.steps or int(round(t.epochs * batcher.steps_per_epoch))
     if total <= 0:
         raise ValueError("set config.train.steps or config.train.epochs > 0")
@@ -162,9 +157,10 @@ def train(config, workdir: str) -> dict:
         progress = _progress(total, start)
         results = {}
         with sharding.use_mesh(mesh, rules):
-            for step in range(start, total):
-                idx = batcher.train_indices(step, config.seed)
-                batch = batcher.assemble(idx)
+            for step, (idx, local, waited) in zip(
+                    range(start, total), batcher.prefetch(start, total, config.seed)):
+                batch = batcher.globalize(local)
+                meter.data_wait += waited
                 state, metrics = step_fn(state, batch)
                 faults.at_step(step + 1)
                 faults.point("step")
@@ -172,7 +168,7 @@ def train(config, workdir: str) -> dict:
                     jax.block_until_ready(metrics)
                     meter.restart()
                 else:
-                    tokens = batcher.tokens(idx)
+                    tokens = batcher.tokens(idx, local)
                     meter.tokens += tokens
                     length = batch["input_ids"].shape[1]
                     meter.flops += tokens * perf.train_flops_per_token(
@@ -216,6 +212,14 @@ def train(config, workdir: str) -> dict:
         writer.close()
         ckpt.close()
     return results
+
+
+def make_batcher(split, batch_size: int, mesh, buckets):
+    """A token store's rows (pretraining: this process's shards) or an in-memory split."""
+    if split.shards is not None:
+        return batching.StoreBatcher(split.shards, split.num_shards, split.total_rows,
+                                     batch_size, mesh)
+    return batching.Batcher(split.features, batch_size, mesh, buckets)
 
 
 def _model_for(config, task, tokenizer, mesh, rules, ckpt):
@@ -264,6 +268,7 @@ class _Meter:
     def restart(self):
         self.t0, self.eval_s, self.last = time.perf_counter(), 0.0, None
         self.tokens, self.flops = 0, 0.0
+        self.data_wait, self.data_wait_logged = 0.0, 0.0
 
     def rates(self) -> dict:
         per_device = self.flops / max(self.train_seconds(), 1e-9) / self.devices
@@ -284,11 +289,16 @@ class _Meter:
     def tokens_per_s(self) -> float:
         return self.tokens / max(self.train_seconds(), 1e-9)
 
-    def step_time(self, step: int) -> float:
+    def step_time(self, step: int) -> tuple[float, float]:
+        """(seconds per step, seconds per step spent waiting for input data) since the last
+        call."""
         now = self.train_seconds()
         prev_step, prev = self.last or (self.step0 + 1, 0.0)
         self.last = (step, now)
-        return (now - prev) / max(step - prev_step, 1)
+        steps = max(step - prev_step, 1)
+        waited, self.data_wait_logged = (self.data_wait - self.data_wait_logged,
+                                         self.data_wait)
+        return (now - prev) / steps, waited / steps
 
 
 class _NonFiniteGuard:
@@ -327,7 +337,8 @@ def _log_step(writer, progress, meter, step, metrics, position, every, total, gu
     if step % every and step != total:
         return
     m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    m.update(**meter.rates(), step_time_s=meter.step_time(step), **position,
+    step_time, data_wait = meter.step_time(step)
+    m.update(**meter.rates(), step_time_s=step_time, data_wait_s=data_wait, **position,
              skipped_updates=guard.skipped)
     progress.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{m['tokens_per_s']:.0f}")
     writer.write(step, m)
