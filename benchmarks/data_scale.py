@@ -7,8 +7,9 @@
 Builds synthetic corpora from the --text files (copies of them, under --out, never in the
 repo): 1x is --copies copies (~16 MB from the shared files), then 8x and 64x (>= 1 GB).
 Measures, in one run:
-  1. prepare throughput: tokens/s of `lmtransfer.prepare` on 1x with 1 and 2 workers beside
-     the raw `tokenizers` batch encode (single-threaded, the same documents, same process);
+  1. prepare throughput: tokens/s of `lmtransfer.prepare` (its tokenizing phase, and the whole
+     command) on 8x with 1 and 2 workers beside the raw `tokenizers` batch encode
+     (single-threaded, the same documents, in this process);
   2. start-up: seconds from the train command's start to its first training step (the log
      line before step 1) and the training process's peak RSS, MLM, model=tiny, the MiniLM
      tokenizer, 2 steps, with the store prepared, for 1x, 8x and 64x; a resume (rerun after
@@ -114,10 +115,10 @@ def prepare_store(corpus: str, dev: str, out: str, workers: int) -> dict:
     dt = time.perf_counter() - t0
     if r.returncode:
         raise RuntimeError(r.stderr[-3000:])
-    tokens = sum(json.load(open(os.path.join(out, "train", f)))["tokens"]
-                 for f in os.listdir(os.path.join(out, "train")) if re.fullmatch(
-                     r"shard-\d+\.json", f))
-    return {"tokens": tokens, "seconds": dt, "tokens_per_s": tokens / dt, "workers": workers}
+    built = json.loads(r.stdout)["built"]["train"]  # the tokenizing phase, as it logs it
+    return {"tokens": built["tokens"], "command_s": dt, "command_tokens_per_s":
+            built["tokens"] / dt, "seconds": built["seconds"],
+            "tokens_per_s": built["tokens_per_s"], "workers": workers}
 
 
 def formats(store_dir: str, reads: int = 200) -> dict:
@@ -199,6 +200,8 @@ def main():
     ap.add_argument("--baseline_sizes", default="1,8")
     ap.add_argument("--wait_steps", type=int, default=8)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--throughput_size", type=int, default=8,
+                    help="the corpus (of --sizes) the prepare throughput is measured on")
     args = ap.parse_args()
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
@@ -212,11 +215,13 @@ def main():
     sizes = [int(s) for s in args.sizes.split(",")]
     corpora = {s: make_corpus(texts, os.path.join(out, f"corpus{s}x"), args.copies * s)
                for s in sizes}
-    one = corpora[sizes[0]]
-    files = sorted(os.path.join(os.path.dirname(one[0]), f)
-                   for f in os.listdir(os.path.dirname(one[0])))
+    tp = corpora[args.throughput_size]
+    files = sorted(os.path.join(os.path.dirname(tp[0]), f)
+                   for f in os.listdir(os.path.dirname(tp[0])))
+    res["throughput_corpus"] = f"{args.throughput_size}x"
     res["raw_tokenizers"] = raw_tokenizers(files)
-    res["prepare_1_worker"] = prepare_store(one[0], dev, os.path.join(out, "store_w1"), 1)
+    res["prepare_1_worker"] = prepare_store(tp[0], dev, os.path.join(out, "store_w1"), 1)
+    shutil.rmtree(os.path.join(out, "store_w1"))
     print(json.dumps(res, indent=1), flush=True)
     for s in sizes:
         corpus, size = corpora[s]
@@ -241,8 +246,9 @@ def main():
             row["in_memory_first"] = timed_run(train_cmd(corpus, dev, work), tree)
             row["in_memory_rerun"] = timed_run(train_cmd(corpus, dev, work), tree)
         res["sizes"][s] = row
-        if s == sizes[0]:
+        if s == args.throughput_size:
             res["prepare_2_workers"] = prep
+        if s == sizes[0]:
             res["formats"] = formats(st)
             res["data_wait"] = data_wait(corpus, dev, st, out, args.wait_steps)
         print(json.dumps({s: row}, indent=1), flush=True)
@@ -253,7 +259,8 @@ def main():
 def table(res) -> str:
     raw = res["raw_tokenizers"]["tokens_per_s"]
     w1, w2 = res["prepare_1_worker"]["tokens_per_s"], res["prepare_2_workers"]["tokens_per_s"]
-    lines = ["| prepare (1x corpus) | tokens/s | vs raw tokenizers |", "|---|---:|---:|",
+    lines = [f"| prepare ({res['throughput_corpus']} corpus) | tokens/s | vs raw tokenizers |",
+             "|---|---:|---:|",
              f"| raw `tokenizers` encode_batch, 1 thread | {raw:,.0f} | 1.00x |",
              f"| lmtransfer.prepare, 1 worker | {w1:,.0f} | {w1 / raw:.2f}x |",
              f"| lmtransfer.prepare, 2 workers | {w2:,.0f} | {w2 / raw:.2f}x "

@@ -108,7 +108,15 @@ def prepare_split(config, tokenizer, layout: corpus.Layout, path: str, split: st
                "tokenizer": tokenizer.backend_tokenizer.to_str()}
         parts = [todo[w::workers] for w in range(workers)]
         total = source.text_bytes() * len(todo) / num_shards or None
+        t0 = time.perf_counter()
         _run([{**job, "shards": p} for p in parts], total, progress)
+        seconds = time.perf_counter() - t0
+        tokens = sum(store.read_json(os.path.join(path, store.shard_name(g) + ".json"))[
+            "tokens"] for g in todo)
+        st.built = {"shards": len(todo), "workers": workers, "tokens": tokens,
+                    "seconds": seconds, "tokens_per_s": tokens / max(seconds, 1e-9)}
+        log.info("%s: built %d shards in %.1f s (%.0f tokens/s)", path, len(todo), seconds,
+                 st.built["tokens_per_s"])
     _summarize(st, shards, source)
     return st
 
@@ -202,11 +210,12 @@ def prepare(config, out: str, shards=None, workers: int = 0, command: str = "",
     task = make_task(config, tokenizer, out)
     train = prepare_split(config, tokenizer, task.layout, os.path.join(out, "train"), "train",
                           shards, workers, command, progress)
-    built = {"train": train.path}
+    built = {"train": train.path, "built": {"train": getattr(train, "built", None)}}
     if shards is None or 0 in shards:
         dev = prepare_split(config, tokenizer, task.layout, os.path.join(out, "dev"), "dev",
                             None, workers, command, progress)
         built["dev"] = dev.path
+        built["built"]["dev"] = getattr(dev, "built", None)
     return {"store": out, **built, "train_shards": list(range(train.num_shards))
             if shards is None else list(shards)}
 
