@@ -87,13 +87,18 @@ def timed_run(cmd: list[str], cwd: str, env=None) -> dict:
 
 
 def raw_tokenizers(files: list[str]) -> dict:
-    """Single-threaded `tokenizers` encode_batch of the corpus's documents (paragraphs)."""
+    """Single-threaded `tokenizers` encode_batch of the corpus's documents (paragraphs), with
+    the run's tokenizer as transformers loads it, no truncation or padding (MiniLM's
+    tokenizer.json pads and truncates to 128: every document would count 128 tokens)."""
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     from tokenizers import Tokenizer
 
     from lmtransfer.data.corpus import file_documents
+    from lmtransfer.tokenization import load_tokenizer
 
-    tok = Tokenizer.from_file(os.path.join(minilm(), "tokenizer.json"))
+    tok = Tokenizer.from_str(load_tokenizer(minilm()).backend_tokenizer.to_str())
+    tok.no_truncation()
+    tok.no_padding()
     docs = [d for f in files for d in file_documents(f, "paragraph", "text") if d.strip()]
     t0, tokens = time.perf_counter(), 0
     for a in range(0, len(docs), 2000):
@@ -200,6 +205,8 @@ def main():
     ap.add_argument("--baseline_sizes", default="1,8")
     ap.add_argument("--wait_steps", type=int, default=8)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--throughput_only", action="store_true",
+                    help="only the prepare throughput (raw, 1 and --workers workers)")
     ap.add_argument("--throughput_size", type=int, default=8,
                     help="the corpus (of --sizes) the prepare throughput is measured on")
     args = ap.parse_args()
@@ -223,6 +230,11 @@ def main():
     res["prepare_1_worker"] = prepare_store(tp[0], dev, os.path.join(out, "store_w1"), 1)
     shutil.rmtree(os.path.join(out, "store_w1"))
     print(json.dumps(res, indent=1), flush=True)
+    if args.throughput_only:  # and 2 workers, on the same corpus
+        res["prepare_2_workers"] = prepare_store(tp[0], dev, os.path.join(out, "store_w2"),
+                                                 args.workers)
+        print(json.dumps(res, indent=1), flush=True)
+        return
     for s in sizes:
         corpus, size = corpora[s]
         st = os.path.join(out, f"store{s}x")
@@ -268,13 +280,14 @@ def table(res) -> str:
              "| corpus | text GB | store: s to first step | store: peak RSS GB | resume after "
              "kill -9: s / GB | in-memory: s / GB | in-memory rerun: s / GB |",
              "|---|---:|---:|---:|---:|---:|---:|"]
+    def cell(row, k):
+        r = row.get(k)
+        return f"{r['first_step_s']:.1f} / {r['peak_rss_gb']:.2f}" if r else "—"
+
     for s, row in res["sizes"].items():
-        def cell(k):
-            r = row.get(k)
-            return f"{r['first_step_s']:.1f} / {r['peak_rss_gb']:.2f}" if r else "—"
         lines.append(f"| {s}x | {row['text_gb']:.3f} | {row['store_first']['first_step_s']:.1f}"
-                     f" | {row['store_first']['peak_rss_gb']:.2f} | {cell('store_resume')} | "
-                     f"{cell('in_memory_first')} | {cell('in_memory_rerun')} |")
+                     f" | {row['store_first']['peak_rss_gb']:.2f} | {cell(row, 'store_resume')} | "
+                     f"{cell(row, 'in_memory_first')} | {cell(row, 'in_memory_rerun')} |")
     w = res["data_wait"]
     lines += ["", f"MiniLM MLM b32 x 128 from the store: data_wait_s per step "
               f"{w['data_wait_s']} (step time {w['step_time_s']})"]

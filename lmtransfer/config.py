@@ -168,7 +168,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 # Fields a rerun in the same workdir may change: they don't change what the run computes.
 RESUME_MAY_CHANGE = ("mode", "train.log_every", "train.eval_every", "train.checkpoint_every",
-                     "train.keep_checkpoints", "train.export_hf", "train.eval_batch_size")
+                     "train.keep_checkpoints", "train.export_hf", "train.eval_batch_size",
+                     "data.prepare_workers")
 # What a train run writes into its workdir (removed by --overwrite).
 RUN_OUTPUTS = ("checkpoints", "best", "tb", "predictions", "hf", "tokenizer", "store",
                "metrics.jsonl",

@@ -114,7 +114,7 @@ def test_second_run_on_same_workdir_is_refused(glue_root, tmp_path):
 
 
 def test_pretraining_kill_9_then_resume_matches_uninterrupted(tmp_path):
-    """The same for causal-LM pretraining on per-shard data (ShardedBatcher), dropout on."""
+    """The same for causal-LM pretraining from the token store (StoreBatcher), dropout on."""
     from tests.corpus_data import corpus_tokenizer, make_corpus
 
     root = make_corpus(str(tmp_path / "corpus"))
@@ -143,6 +143,7 @@ def test_pretraining_kill_9_then_resume_matches_uninterrupted(tmp_path):
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"resumed from step {max(steps)}" in r.stderr
+    assert "to build" not in r.stderr  # the token store of the first start: not tokenized again
     resumed = losses(workdir)
     assert sorted(resumed) == list(range(1, 41))
     for step in range(max(steps) + 1, 41):

@@ -194,3 +194,11 @@ def test_store_of_other_sources_is_not_mixed(root, prepared, tmp_path):
     with pytest.raises(store.StoreError, match=r"holds a token store of other data or settings "
                        r"\(differs in: source\)"):
         load_train(t)
+
+
+def test_store_with_another_shard_count_is_refused(prepared):
+    t, _ = prepared
+    t.data.shards = 4
+    with pytest.raises(store.StoreError, match=r"has 8 shards but config.data.shards=4; set "
+                       r"config.data.shards=8"):
+        load_train(t)

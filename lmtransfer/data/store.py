@@ -76,7 +76,7 @@ def read_json(path: str):
 
 
 class BlockWriter:
-    """Appends arrays to `<path>.<pid>.tmp`, keeping a crc32 per BLOCK bytes; `commit` renames it."""
+    """Appends arrays to `<path>.<pid>.tmp` with a crc32 per BLOCK bytes; `commit` renames it."""
 
     def __init__(self, path: str):
         self.path, self.tmp = path, f"{path}.{os.getpid()}.tmp"
@@ -229,7 +229,8 @@ class Store:
             raise StoreError(f"{manifest}: not a {FORMAT} v{VERSION} manifest; rebuild the "
                              "store with python -m lmtransfer.prepare")
         self.num_shards = self.manifest["num_shards"]
-        self.fix = f"rebuild it with: {self.manifest.get('command', 'python -m lmtransfer.prepare')}"
+        command = self.manifest.get("command") or "python -m lmtransfer.prepare"
+        self.fix = f"rebuild it with: {command}"
 
     def complete(self, g: int) -> bool:
         return os.path.exists(os.path.join(self.path, shard_name(g) + ".json"))

@@ -213,6 +213,10 @@ class PretrainTask(Task):
                     progress=jax.process_index() == 0)
             _sync(f"lmtransfer:store:{split}")
         st = store_lib.Store(path)
+        if split == "train" and st.num_shards != self.data.shards:
+            raise store_lib.StoreError(
+                f"{st.path} has {st.num_shards} shards but config.data.shards="
+                f"{self.data.shards}; set config.data.shards={st.num_shards}")
         st.check(store_lib.tokenizer_hash(self.tokenizer), shards, self.tokenizer.name_or_path)
         return st
 
@@ -221,10 +225,6 @@ class PretrainTask(Task):
             mesh = sharding.make_mesh(self.config.mesh.to_dict())
             owned = batching.owned_shards(mesh, self.config.train.batch_size, self.data.shards)
             st = self._store("train", owned)
-            if st.num_shards != self.data.shards:
-                raise store_lib.StoreError(
-                    f"{st.path} has {st.num_shards} shards but config.data.shards="
-                    f"{self.data.shards}; set config.data.shards={st.num_shards}")
         else:
             st, owned = self._store(split, [0]), [0]
         shards = {g: corpus.ShardRows(st.shard(g), self.layout, seed=self.config.seed,

@@ -157,8 +157,8 @@ def train(config, workdir: str) -> dict:
         progress = _progress(total, start)
         results = {}
         with sharding.use_mesh(mesh, rules):
-            for step, (idx, local, waited) in zip(
-                    range(start, total), batcher.prefetch(start, total, config.seed)):
+            for step, (idx, local, waited) in enumerate(
+                    batcher.prefetch(start, total, config.seed), start):
                 batch = batcher.globalize(local)
                 meter.data_wait += waited
                 state, metrics = step_fn(state, batch)
