@@ -202,3 +202,18 @@ def test_store_with_another_shard_count_is_refused(prepared):
     with pytest.raises(store.StoreError, match=r"has 8 shards but config.data.shards=4; set "
                        r"config.data.shards=8"):
         load_train(t)
+
+
+def test_prepare_mode_of_the_main_command(root, tmp_path):
+    """`--config.mode=prepare` through lmtransfer.main (what run_tpu.sh launches on every
+    host): the workdir becomes the store, the same store the prepare command builds."""
+    from lmtransfer import main
+
+    c = config_for(root)
+    c.mode = "prepare"
+    res = main.run(c, str(tmp_path / "store"))
+    assert res["train_shards"] == list(range(8)) and res["built"]["train"]["tokens"] > 0
+    ref = prepare.prepare(config_for(root), str(tmp_path / "ref"), progress=False)
+    assert fingerprint(res["train"]) == fingerprint(ref["train"])
+    again = main.run(c, str(tmp_path / "store"))  # complete: nothing to build
+    assert again["built"] == {"train": None, "dev": None}
