@@ -2,7 +2,7 @@
 
     python benchmarks/data_scale.py --text ../shared/data/tinyshakespeare/input.txt \
         --text ../shared/data/wikitext-2/valid.txt --text ../shared/data/wikitext-2/test.txt \
-        --out /tmp/data_scale --baseline c597788
+        --out runs/data_scale --baseline c597788
 
 Builds synthetic corpora from the --text files (copies of them, under --out, never in the
 repo): 1x is --copies copies (~16 MB from the shared files), then 8x and 64x (>= 1 GB).

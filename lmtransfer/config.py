@@ -144,6 +144,21 @@ def check_overrides(argv: Sequence[str], flag: str = "config") -> None:
             node, walked = node[part], walked + [part]
 
 
+def parse_flags(argv):
+    """absl flag parsing for our CLIs: an unknown `--config.x` or a bad config file is one
+    error line and exit code 2, not a traceback."""
+    import sys
+
+    from absl import flags
+
+    try:
+        check_overrides(argv)
+        return flags.FLAGS(argv)
+    except (ValueError, FileNotFoundError, flags.Error) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 PATH_FIELDS = ("init_from", "model.tokenizer", "data.dir", "data.tfds_data_dir", "data.store")
 
 

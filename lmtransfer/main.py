@@ -11,7 +11,6 @@ import importlib
 import json
 import logging
 import os
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -102,15 +101,6 @@ def init_distributed(mode: str, coordinator=None, num_processes=None, process_id
     return True
 
 
-def _parse_flags(argv):
-    try:
-        config_lib.check_overrides(argv)
-        return flags.FLAGS(argv)
-    except (ValueError, FileNotFoundError, flags.Error) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -126,4 +116,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=config_lib.parse_flags)

@@ -262,15 +262,6 @@ if __name__ == "__main__":
     flags.DEFINE_string("shards", "", "Train shards to build: i/n (the i-th of n parts, one "
                         "per host), a list like 0-3,6, or empty for all.")
     flags.mark_flags_as_required(["config", "out"])
+    from lmtransfer import config as config_lib
 
-    def parse(argv):
-        from lmtransfer import config as config_lib
-
-        try:
-            config_lib.check_overrides(argv)
-            return flags.FLAGS(argv)
-        except (ValueError, FileNotFoundError, flags.Error) as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
-
-    app.run(main, flags_parser=parse)
+    app.run(main, flags_parser=config_lib.parse_flags)
