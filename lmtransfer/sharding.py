@@ -8,6 +8,7 @@ Changing parallelism is therefore one config line, never a model change.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -16,6 +17,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+log = logging.getLogger(__name__)
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -33,6 +36,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("embed", "fsdp"),
     ("embed_out", None),
     ("heads", "tensor"),
+    ("kv_heads", "tensor"),  # grouped-query attention's key/value heads
     ("kv", None),
     ("mlp", "tensor"),
     ("labels", None),
@@ -109,8 +113,32 @@ def logical_to_shardings(logical_specs, mesh, rules=DEFAULT_RULES):
 
 
 def param_shardings(abstract_variables, mesh, rules=DEFAULT_RULES):
-    """Shardings of a (boxed, possibly abstract) variable tree, as an *unboxed* tree."""
-    return logical_to_shardings(nn.get_partition_spec(abstract_variables), mesh, rules)
+    """Shardings of a (boxed, possibly abstract) variable tree, as an *unboxed* tree.
+
+    A dimension its mesh axes don't divide (e.g. 2 key/value heads of grouped-query attention
+    on tensor=4) is replicated instead, with a log line: the rules table stays one table for
+    every model, and activations follow their parameters."""
+    specs = nn.get_partition_spec(abstract_variables)
+    shapes = unbox(abstract_variables)
+    logged = set()
+
+    def fit(spec, leaf):
+        if not isinstance(spec, PartitionSpec):
+            return spec
+        names = [n if isinstance(n, str) else None for n in spec]
+        axes = list(nn.logical_to_mesh_axes(tuple(names), rules))
+        for d, (name, ax) in enumerate(zip(names, axes, strict=True)):
+            size = math.prod(mesh.shape[a] for a in (ax if isinstance(ax, tuple) else (ax,))
+                             if a is not None)
+            if size > 1 and leaf.shape[d] % size:
+                axes[d] = None
+                if (name, leaf.shape[d]) not in logged:
+                    logged.add((name, leaf.shape[d]))
+                    log.info("sharding: %s of size %d does not divide mesh axes %s (size %d); "
+                             "replicated", name, leaf.shape[d], ax, size)
+        return NamedSharding(mesh, PartitionSpec(*axes))
+
+    return jax.tree.map(fit, specs, shapes, is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
 def init_sharded(init_fn, mesh, rules=DEFAULT_RULES, *args):

@@ -4,19 +4,22 @@ from lmtransfer.models.bert import HEADS, PRESETS, Bert, BertConfig, BertOutput
 from lmtransfer.models.gpt import Gpt, GptConfig
 
 ARCHS = {"bert": (Bert, BertConfig), "gpt": (Gpt, GptConfig)}
-HEADS_OF = {"bert": tuple(h for h in HEADS if h), "gpt": ("lm",)}
+HEADS_OF = {"bert": tuple(h for h in HEADS if h),
+            "gpt": ("lm", "classification", "token_classification", "qa")}
 
 
 def from_preset(name: str, head: str | None, num_labels: int = 2, **overrides):
-    """A model from a BERT or GPT preset name (`PRESETS` / `gpt.PRESETS`)."""
-    from lmtransfer.models import gpt
+    """A model from a BERT, GPT or Llama-family preset name (`PRESETS`, `gpt.PRESETS`,
+    `llama.PRESETS`)."""
+    from lmtransfer.models import gpt, llama
 
-    if name in gpt.PRESETS:
-        return Gpt(GptConfig.preset(name, **overrides), head=head or "lm")
+    if name in gpt.PRESETS or name in llama.PRESETS:
+        return Gpt(GptConfig.preset(name, **overrides), head=head or "lm",
+                   num_labels=num_labels)
     if name in PRESETS:
         return Bert(BertConfig.preset(name, **overrides), head=head, num_labels=num_labels)
     raise ValueError(f"unknown model preset {name!r}; BERT: {sorted(PRESETS)}, "
-                     f"GPT: {sorted(gpt.PRESETS)}")
+                     f"GPT: {sorted(gpt.PRESETS)}, Llama: {sorted(llama.PRESETS)}")
 
 
 __all__ = ["ARCHS", "HEADS", "PRESETS", "Bert", "BertConfig", "BertOutput", "Gpt", "GptConfig",

@@ -131,6 +131,7 @@ class BertOutput:
     seq_relationship_logits: Any = None  # nsp / pretraining: [B, 2]
     start_logits: Any = None  # qa: [B, T]
     end_logits: Any = None
+    cache: Any = None  # decoders during generation: one (k, v) per layer
 
 
 class BertEmbeddings(nn.Module):

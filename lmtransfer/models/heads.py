@@ -1,7 +1,8 @@
-"""Task heads on top of the BERT encoder, laid out like HF's BertFor* heads.
+"""Task heads on the BERT encoder and the decoders, laid out like HF's *For* heads.
 
-Called from inside `Bert.__call__` (a compact method), so the modules created here become
-children of the Bert module under the names used in the parameter tree (and in lmtransfer.hf).
+Called from inside the model's `__call__` (a compact method), so the modules created here
+become children of the model under the names used in the parameter tree (and in
+lmtransfer.hf's tables).
 """
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ class MlmHead(nn.Module):
             logits, ("activation_batch", "activation_length", "activation_vocab"))
 
 
-def _classifier(c, num_labels: int, name: str):
+def _classifier(c, num_labels: int, name: str, use_bias: bool = True):
     return layers.dense(num_labels, ("embed", "labels"), init_std=c.initializer_range,
                         dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype),
-                        name=name)
+                        name=name, use_bias=use_bias)
 
 
 def _classifier_dropout(c):
@@ -71,3 +72,27 @@ def apply_head(head: str, c, num_labels: int, out, embeddings, deterministic: bo
         logits = f32(_classifier(c, 2, "qa_outputs")(x))
         out = out.replace(start_logits=logits[..., 0], end_logits=logits[..., 1])
     return out
+
+
+def last_token(x, valid):
+    """[B, T, E] -> [B, E] at each row's last valid position (padding on either side)."""
+    index = jnp.argmax(jnp.where(valid, jnp.arange(valid.shape[-1]), -1), axis=-1)
+    return jnp.take_along_axis(x, index[:, None, None], axis=1)[:, 0]
+
+
+def apply_decoder_head(head: str, c, num_labels: int, out, valid, deterministic: bool):
+    """A decoder's task head (HF GPT2/LlamaFor*): `score` (no bias) at the last real token,
+    a per-token `classifier`, or `qa_outputs` start/end logits. `valid` [B, T] is True at
+    real tokens."""
+    f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
+    x = out.last_hidden_state
+    if head == "classification":
+        return out.replace(logits=f32(_classifier(c, num_labels, "score", use_bias=False)(
+            last_token(x, valid))))
+    if head == "token_classification":
+        h = _classifier_dropout(c)(x, deterministic=deterministic)
+        return out.replace(logits=f32(_classifier(c, num_labels, "classifier")(h)))
+    if head == "qa":
+        logits = f32(_classifier(c, 2, "qa_outputs")(x))
+        return out.replace(start_logits=logits[..., 0], end_logits=logits[..., 1])
+    raise ValueError(f"decoder head {head!r}")

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 
 ACT_BTE = ("activation_batch", "activation_length", "activation_embed")
 ACT_BTNH = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
+# Key/value heads are left to follow their kernel (sharded on tensor only when they divide it).
+ACT_BTKH = ("activation_batch", "activation_length", None, "activation_kv")
 ACT_BTM = ("activation_batch", "activation_length", "activation_mlp")
 
 ACTIVATIONS = {
@@ -32,26 +34,57 @@ ACTIVATIONS = {
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "explicit")
 
 
-def attention_mask(segment_ids, causal: bool = False):
+def attention_mask(segment_ids, causal: bool = False, window: int = 0):
     """Boolean attention mask from [B, T] segment ids (0 = padding, k > 0 = document k).
 
     A token attends to tokens of its own document only (so packed documents never see each
-    other), and with `causal` only to earlier ones. Returns [B, 1, T, T] (True = attend); an
-    attention_mask [B, T] of 0/1 is the one-document case.
+    other), with `causal` only to earlier ones, and with `window` > 0 only to the last
+    `window` (itself included: Mistral's sliding window). Returns [B, 1, T, T] (True =
+    attend); an attention_mask [B, T] of 0/1 is the one-document case.
     """
     seg = jnp.asarray(segment_ids)
     same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] > 0)
     if causal:
-        length = seg.shape[-1]
-        same &= jnp.tril(jnp.ones((length, length), bool))[None]
+        q = jnp.arange(seg.shape[-1])
+        same &= causal_mask(q, q, window)[None]
     return same[:, None]
 
 
-def rotary(x, positions, base: float):
+def causal_mask(query_pos, key_pos, window: int = 0):
+    """[Tq, Tk] True where key position <= query position (and within `window`)."""
+    diff = query_pos[:, None] - key_pos[None, :]
+    return (diff >= 0) & (diff < window) if window else diff >= 0
+
+
+def rope_frequencies(head_dim: int, theta: float, scaling: dict | None = None) -> tuple:
+    """Rotary inverse frequencies (theta ** (-2i / head_dim)), scaled like HF's `rope_type`
+    'linear' (positions / factor) or 'llama3' (Llama 3.1's wavelength-banded smoothing).
+    A tuple of floats, so a module can hold it as a static attribute."""
+    import numpy as np
+
+    inv = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim)
+    kind = (scaling or {}).get("rope_type", "default")
+    if kind == "linear":
+        inv = inv / scaling["factor"]
+    elif kind == "llama3":
+        factor, low, high = (scaling[k] for k in ("factor", "low_freq_factor",
+                                                  "high_freq_factor"))
+        context = scaling["original_max_position_embeddings"]
+        wavelen = 2 * np.pi / inv
+        scaled = np.where(wavelen > context / low, inv / factor, inv)
+        smooth = (context / wavelen - low) / (high - low)
+        medium = (wavelen >= context / high) & (wavelen <= context / low)
+        inv = np.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
+    elif kind != "default":
+        raise ValueError(f"rope_type={kind!r} is not supported (default, linear, llama3)")
+    return tuple(float(f) for f in inv.astype(np.float32))
+
+
+def rotary(x, positions, inv_freq):
     """Rotary position embedding (Su et al. 2021) of [B, T, heads, head_dim] by [B, T]
     positions, rotating the two halves of head_dim (the GPT-NeoX / Llama layout)."""
     half = x.shape[-1] // 2
-    freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    freq = jnp.asarray(inv_freq, jnp.float32)
     angle = positions.astype(jnp.float32)[..., None, None] * freq  # [B, T, 1, half]
     sin, cos = jnp.sin(angle), jnp.cos(angle)
     x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
@@ -186,6 +219,8 @@ def dot_product_attention(q, k, v, mask, *, impl: str, dropout_rate: float = 0.0
         return jax.nn.dot_product_attention(
             q, k, v, mask=mask, implementation=None if impl == "auto" else impl)
     depth = q.shape[-1]
+    if k.shape[2] != q.shape[2]:  # grouped-query attention: each kv head serves a group
+        k, v = (jnp.repeat(t, q.shape[2] // k.shape[2], axis=2) for t in (k, v))
     # Heads-major [b, n, t, h] operands: batched matmuls over contiguous (b, n) run ~4x
     # faster on CPU than einsums over the [b, t, n, h] layout.
     q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
@@ -198,6 +233,13 @@ def dot_product_attention(q, k, v, mask, *, impl: str, dropout_rate: float = 0.0
 
 
 class SelfAttention(nn.Module):
+    """Multi-head self-attention; with `num_kv_heads` < `num_heads`, grouped-query attention
+    (each group of num_heads / num_kv_heads query heads shares one key/value head).
+
+    With `cache` ((k, v), each [B, S, kv_heads, head_dim]) the new keys and values are written
+    at `cache_index` and attention runs over the whole cache (`mask` is then [B, 1, T, S]);
+    the call returns (output, new cache)."""
+
     num_heads: int
     head_dim: int
     init_std: float
@@ -205,29 +247,47 @@ class SelfAttention(nn.Module):
     impl: str = "auto"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
-    rotary_base: float = 0.0  # > 0: rotary positions on q and k (then `positions` is needed)
+    inv_freq: tuple | None = None  # rotary frequencies (then `positions` is needed)
+    num_kv_heads: int = 0  # 0: num_heads
+    qkv_bias: bool = True
+    out_bias: bool = True
 
     @nn.compact
-    def __call__(self, x, mask, deterministic: bool, positions=None):
-        proj = functools.partial(dense, (self.num_heads, self.head_dim), ("embed", "heads", "kv"),
-                                 init_std=self.init_std, dtype=self.dtype,
-                                 param_dtype=self.param_dtype)
-        # One [embed, 3 * heads * kv] matmul instead of three: a wider matmul runs closer to
-        # peak on CPU (and saves two reads of x); params stay three HF-shaped sets.
-        weights = [proj(name=n).weights(x.shape) for n in ("query", "key", "value")]
-        kernel = jnp.stack([w for w, _ in weights], axis=1).astype(self.dtype)
+    def __call__(self, x, mask, deterministic: bool, positions=None, cache=None,
+                 cache_index=None):
+        kv_heads = self.num_kv_heads or self.num_heads
+        kw = dict(init_std=self.init_std, dtype=self.dtype, param_dtype=self.param_dtype)
+        weights = [dense((n, self.head_dim), ("embed", names, "kv"), use_bias=self.qkv_bias,
+                         name=name, **kw).weights(x.shape)
+                   for name, n, names in (("query", self.num_heads, "heads"),
+                                          ("key", kv_heads, "kv_heads"),
+                                          ("value", kv_heads, "kv_heads"))]
+        # One [embed, (heads + 2 kv_heads) * kv] matmul instead of three: a wider matmul runs
+        # closer to peak on CPU (and saves two reads of x); params stay three HF-shaped sets.
+        kernel = jnp.concatenate([w for w, _ in weights], axis=1).astype(self.dtype)
         qkv = jax.lax.dot_general(x.astype(self.dtype), kernel, (((x.ndim - 1,), (0,)), ((), ())))
-        qkv = qkv + jnp.stack([b for _, b in weights]).astype(self.dtype)
-        q, k, v = (constrain(qkv[..., i, :, :], ACT_BTNH) for i in range(3))
-        if self.rotary_base:
-            q, k = rotary(q, positions, self.rotary_base), rotary(k, positions, self.rotary_base)
+        if self.qkv_bias:
+            qkv = qkv + jnp.concatenate([b for _, b in weights]).astype(self.dtype)
+        n = self.num_heads
+        q = constrain(qkv[..., :n, :], ACT_BTNH)
+        k, v = (constrain(t, ACT_BTKH) for t in (qkv[..., n:n + kv_heads, :],
+                                                 qkv[..., n + kv_heads:, :]))
+        if self.inv_freq:
+            q, k = rotary(q, positions, self.inv_freq), rotary(k, positions, self.inv_freq)
+        if cache is not None:
+            start = (0, cache_index, 0, 0)
+            k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), start)
+            v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), start)
+            cache = (k, v)
+            k, v = k.astype(self.dtype), v.astype(self.dtype)
         drop = Dropout(self.dropout_rate, deterministic=False, name="attention_dropout")
         out = dot_product_attention(q, k, v, mask, impl=self.impl, dropout_rate=self.dropout_rate,
                                     deterministic=deterministic, dropout=drop)
         out = constrain(out, ACT_BTNH)
-        out = dense(x.shape[-1], ("heads", "kv", "embed"), axis=(-2, -1), init_std=self.init_std,
-                    dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
-        return constrain(out, ACT_BTE)
+        out = dense(x.shape[-1], ("heads", "kv", "embed"), axis=(-2, -1), use_bias=self.out_bias,
+                    name="out", **kw)(out)
+        out = constrain(out, ACT_BTE)
+        return out if cache is None else (out, cache)
 
 
 class Mlp(nn.Module):
@@ -243,3 +303,30 @@ class Mlp(nn.Module):
         h = dense(self.intermediate_size, ("embed", "mlp"), name="wi", **kw)(x)
         h = constrain(ACTIVATIONS[self.activation](h), ACT_BTM)
         return constrain(dense(x.shape[-1], ("mlp", "embed"), name="wo", **kw)(h), ACT_BTE)
+
+
+class GatedMlp(nn.Module):
+    """SwiGLU feed-forward (Shazeer 2020; Llama): down(act(gate(x)) * up(x))."""
+
+    intermediate_size: int
+    activation: str
+    init_std: float
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    use_bias: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        kw = dict(init_std=self.init_std, dtype=self.dtype, param_dtype=self.param_dtype,
+                  use_bias=self.use_bias)
+        gate = dense(self.intermediate_size, ("embed", "mlp"), name="gate", **kw)(x)
+        up = dense(self.intermediate_size, ("embed", "mlp"), name="up", **kw)(x)
+        h = constrain(ACTIVATIONS[self.activation](gate) * up, ACT_BTM)
+        return constrain(dense(x.shape[-1], ("mlp", "embed"), name="down", **kw)(h), ACT_BTE)
+
+
+def rms_norm(eps, dtype, param_dtype, name=None):
+    """RMSNorm (Zhang & Sennrich 2019; Llama): x / rms(x) * scale, computed in float32."""
+    return nn.RMSNorm(
+        epsilon=eps, dtype=dtype, param_dtype=param_dtype, name=name,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)))

@@ -1,0 +1,58 @@
+"""BERT <-> HF `Bert*` (BertModel and its six heads)."""
+
+from __future__ import annotations
+
+import re
+
+from lmtransfer.hf.convert import Family
+from lmtransfer.models.bert import Bert, BertConfig
+
+MODULES = (
+    ("embeddings/word_embeddings", "embeddings.word_embeddings", "embed"),
+    ("embeddings/position_embeddings", "embeddings.position_embeddings", "embed"),
+    ("embeddings/token_type_embeddings", "embeddings.token_type_embeddings", "embed"),
+    ("embeddings/layer_norm", "embeddings.LayerNorm", "norm"),
+    ("layer_{i}/attention/query", "encoder.layer.{i}.attention.self.query", "split_heads"),
+    ("layer_{i}/attention/key", "encoder.layer.{i}.attention.self.key", "split_heads"),
+    ("layer_{i}/attention/value", "encoder.layer.{i}.attention.self.value", "split_heads"),
+    ("layer_{i}/attention/out", "encoder.layer.{i}.attention.output.dense", "merge_heads"),
+    ("layer_{i}/attention_layer_norm", "encoder.layer.{i}.attention.output.LayerNorm", "norm"),
+    ("layer_{i}/mlp/wi", "encoder.layer.{i}.intermediate.dense", "dense"),
+    ("layer_{i}/mlp/wo", "encoder.layer.{i}.output.dense", "dense"),
+    ("layer_{i}/output_layer_norm", "encoder.layer.{i}.output.LayerNorm", "norm"),
+    ("pooler", "pooler.dense", "dense"),
+    # Heads: top-level in HF (never under the `bert.` prefix); may be created fresh.
+    ("mlm/transform", "cls.predictions.transform.dense", "dense"),
+    ("mlm/transform_layer_norm", "cls.predictions.transform.LayerNorm", "norm"),
+    ("mlm", "cls.predictions", "bias"),
+    ("nsp", "cls.seq_relationship", "dense"),
+    ("classifier", "classifier", "dense"),
+    ("qa_outputs", "qa_outputs", "dense"),
+)
+HEAD_MODULES = ("mlm", "nsp", "classifier", "qa_outputs")
+
+ARCHITECTURES = {
+    None: "BertModel", "mlm": "BertForMaskedLM", "nsp": "BertForNextSentencePrediction",
+    "pretraining": "BertForPreTraining", "classification": "BertForSequenceClassification",
+    "token_classification": "BertForTokenClassification", "qa": "BertForQuestionAnswering",
+}
+
+
+def _split(tensors, config):
+    """Old TF-converted names (LayerNorm.gamma/beta) and the MLM decoder-only bias."""
+    out = {}
+    for k, v in tensors.items():
+        k = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", k)
+        out[re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", k)] = v
+    if "cls.predictions.bias" not in out and "cls.predictions.decoder.bias" in out:
+        out["cls.predictions.bias"] = out["cls.predictions.decoder.bias"]
+    return out
+
+
+FAMILY = Family(
+    name="BERT", model_types=("bert",), modules=MODULES, head_modules=HEAD_MODULES,
+    fresh_ok=HEAD_MODULES + ("pooler",), prefixes=("bert.",), architectures=ARCHITECTURES,
+    config_from_hf=BertConfig.from_hf, config_to_hf=lambda model: model.config.to_hf(),
+    make_model=lambda config, head, num_labels: Bert(config, head=head, num_labels=num_labels),
+    ignored=r"(bert\.)?embeddings\.position_ids|cls\.predictions\.decoder\.(weight|bias)",
+    split=_split)
