@@ -65,9 +65,9 @@ def _module_regex(template: str) -> re.Pattern:
     return re.compile(re.escape(template).replace(re.escape("{i}"), r"(?P<i>\d+)") + "$")
 
 
-def hf_name(family: Family, path: str, head) -> tuple[str, str]:
-    """lmtransfer param path ('layer_0/mlp/wi/kernel') -> (HF tensor name with the prefix
-    of `head`'s HF class, layout)."""
+def hf_name(family: Family, path: str, head, prefixed: bool = True) -> tuple[str, str]:
+    """lmtransfer param path ('layer_0/mlp/wi/kernel') -> (HF tensor name in `head`'s HF
+    class, with its base-model prefix when `prefixed`; layout)."""
     module, leaf = path.rsplit("/", 1)
     for row in family.modules:
         ours, theirs, layout = row[:3]
@@ -76,7 +76,7 @@ def hf_name(family: Family, path: str, head) -> tuple[str, str]:
         m = _module_regex(ours).match(module)
         if m:
             name = theirs.format(**m.groupdict()) + "." + LEAF_TO_HF[leaf]
-            top_level = module.split("/")[0] in family.head_modules
+            top_level = module.split("/")[0] in family.head_modules or not prefixed
             return ("" if top_level else family.prefix(head)) + name, layout
     raise KeyError(f"no HF name for lmtransfer parameter {path!r} (extend the {family.name} "
                    "table in lmtransfer.hf)")
@@ -132,19 +132,25 @@ def from_hf(family: Family, tensors: dict[str, np.ndarray], model, abstract_para
     flat = traverse_util.flatten_dict(abstract_params, sep="/")
     params, fresh, missing, bad_shape, used = {}, [], [], [], set()
     for path, spec in flat.items():
-        name, layout = hf_name(family, path, head=None)
+        name, layout = hf_name(family, path, model.head, prefixed=False)
         top = path.split("/")[0]
         candidates = ([name] if top in family.head_modules or not has_prefix
                       else [p + name for p in family.prefixes] + [name])
         key = next((k for k in candidates if k in tensors), None)
+        if key is None and top in family.fresh_ok:
+            fresh.append(path)
+        elif key is None:
+            missing.append(candidates[0])
         if key is None:
-            (fresh if top in family.fresh_ok else missing).append(
-                path if top in family.fresh_ok else candidates[0])
             continue
         used.add(key)
-        x = to_ours(tensors[key], layout, path.rsplit("/", 1)[1], model.config)
-        if x.shape != tuple(spec.shape):
-            bad_shape.append(f"{key}: checkpoint {tuple(tensors[key].shape)} gives {x.shape}, "
+        try:
+            x = to_ours(tensors[key], layout, path.rsplit("/", 1)[1], model.config)
+        except ValueError:  # cannot even be reshaped into the model's heads
+            x = None
+        if x is None or x.shape != tuple(spec.shape):
+            got = "does not fit" if x is None else f"gives {x.shape}"
+            bad_shape.append(f"{key}: checkpoint {tuple(tensors[key].shape)} {got}, "
                              f"model expects {tuple(spec.shape)} (lmtransfer {path})")
             continue
         params[path] = x.astype(spec.dtype)

@@ -74,11 +74,13 @@ def config_from_hf(hf, source="config.json", **overrides) -> GptConfig:
     bias = hf.get("attention_bias", False)
     window, sliding_layers = _sliding(hf, hf["num_hidden_layers"])
     eos = hf.get("eos_token_id")
+    default_dim = hf["hidden_size"] // hf["num_attention_heads"]
+    head_dim = hf.get("head_dim") or default_dim
     kw = dict(LLAMA, family=model_type, vocab_size=hf["vocab_size"],
               hidden_size=hf["hidden_size"], num_hidden_layers=hf["num_hidden_layers"],
               num_attention_heads=hf["num_attention_heads"],
               num_key_value_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
-              attention_head_dim=hf.get("head_dim") or 0,
+              attention_head_dim=0 if head_dim == default_dim else head_dim,
               intermediate_size=hf["intermediate_size"], hidden_act=hf.get("hidden_act", "silu"),
               max_position_embeddings=hf.get("max_position_embeddings", 2048),
               layer_norm_eps=hf.get("rms_norm_eps", 1e-6),

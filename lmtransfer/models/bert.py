@@ -25,7 +25,7 @@ _NO_POOLER = ("mlm", "token_classification", "qa")
 
 def check_config(c) -> None:
     """Checks a BertConfig / GptConfig's shared fields (heads, activation, attention, dtypes)."""
-    if c.hidden_size % c.num_attention_heads:
+    if not getattr(c, "attention_head_dim", 0) and c.hidden_size % c.num_attention_heads:
         raise ValueError(f"hidden_size={c.hidden_size} is not divisible by "
                          f"num_attention_heads={c.num_attention_heads}")
     if c.hidden_act not in layers.ACTIVATIONS:

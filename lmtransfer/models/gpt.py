@@ -74,10 +74,7 @@ class GptConfig:
         for f in ("rope_scaling", "sliding_layers"):
             v = getattr(self, f)
             object.__setattr__(self, f, tuple(tuple(x) if isinstance(x, list) else x for x in v))
-        if self.attention_head_dim == 0:
-            check_config(self)
-        else:
-            check_config(dataclasses.replace(self, hidden_size=self.num_attention_heads))
+        check_config(self)
         for field, value, allowed in (("positions", self.positions, POSITIONS),
                                       ("family", self.family, FAMILIES),
                                       ("norm", self.norm, ("layernorm", "rmsnorm")),
