@@ -20,7 +20,7 @@ import ml_collections
 
 from lmtransfer import sharding
 
-MODES = ("convert", "train", "eval", "predict", "quickstart", "prepare")
+MODES = ("convert", "train", "eval", "predict", "quickstart", "prepare", "generate")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -159,7 +159,8 @@ def parse_flags(argv):
         sys.exit(2)
 
 
-PATH_FIELDS = ("init_from", "model.tokenizer", "data.dir", "data.tfds_data_dir", "data.store")
+PATH_FIELDS = ("init_from", "model.tokenizer", "data.dir", "data.tfds_data_dir", "data.store",
+               "generate.prompts_file")
 
 
 def expand_user_paths(config: ml_collections.ConfigDict) -> None:

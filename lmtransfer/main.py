@@ -48,7 +48,8 @@ _HEARTBEAT = flags.DEFINE_integer(
 MODES = {"convert": "lmtransfer.convert:run", "train": "lmtransfer.train.loop:train",
          "eval": "lmtransfer.train.evaluate:evaluate_mode",
          "predict": "lmtransfer.train.evaluate:predict_mode",
-         "quickstart": "lmtransfer.quickstart:run", "prepare": "lmtransfer.prepare:run"}
+         "quickstart": "lmtransfer.quickstart:run", "prepare": "lmtransfer.prepare:run",
+         "generate": "lmtransfer.generate:run"}
 
 log = logging.getLogger("lmtransfer")
 

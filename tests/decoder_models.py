@@ -97,7 +97,7 @@ def random_ours(preset: str, head, num_labels: int = 3, seed: int = 0, **overrid
     """One of our decoder presets with perturbed random params."""
     from lmtransfer.models import Gpt, GptConfig
 
-    config = GptConfig.preset(preset, vocab_size=VOCAB, pad_token_id=PAD, **overrides)
+    config = GptConfig.preset(preset, **{"vocab_size": VOCAB, "pad_token_id": PAD, **overrides})
     model = Gpt(config, head=head, num_labels=num_labels)
     params = nn.unbox(model.init(jax.random.key(seed), jnp.zeros((1, 4), jnp.int32)))["params"]
     leaves, treedef = jax.tree.flatten(params)
