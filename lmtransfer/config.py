@@ -51,6 +51,8 @@ def finetune_config() -> ml_collections.ConfigDict:
     # vocab axis splits evenly over tensor-parallel devices (and matmuls tile well).
     c.model.vocab_multiple = 128
     c.model.tokenizer = ""  # "" = init_from's tokenizer, else the packaged MiniLM's
+    # A token of the tokenizer to pad with when it has none (GPT-2, Llama: e.g. its eos).
+    c.model.pad_token = ""
     c.model.hidden_dropout_prob = -1.0  # < 0: keep the checkpoint's
     c.model.attention_probs_dropout_prob = -1.0
     c.optim = ml_collections.ConfigDict(dict(

@@ -10,9 +10,12 @@ PAPER_LRS = (5e-5, 4e-5, 3e-5, 2e-5)
 
 
 def apply_model(c, model: str) -> None:
-    """model=minilm | tiny | <HF checkpoint dir>."""
-    if model == "tiny":
-        c.init_from, c.model.preset = "", "tiny"
+    """model=minilm | a preset (tiny, gpt-tiny, llama-tiny, ...: random init) | an HF
+    checkpoint dir or lmtransfer workdir (BERT or decoder)."""
+    from lmtransfer.models import bert, gpt, llama
+
+    if model in bert.PRESETS or model in gpt.PRESETS or model in llama.PRESETS:
+        c.init_from, c.model.preset = "", model
     elif model == "minilm":
         from lmtransfer.hf import packaged_minilm
 

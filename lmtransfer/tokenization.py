@@ -33,6 +33,37 @@ def load_tokenizer(path: str):
     return tok
 
 
+def set_padding(tok, pad_token: str = "", key: str = "config.model.pad_token"):
+    """Makes the tokenizer's padding explicit: `pad_token` (a token of its vocabulary) if
+    given, else its own; padding goes on the right (length buckets cut the right end, and
+    decoder heads pool at the last real token). GPT-2/Llama tokenizers have no pad token:
+    then `key` must name one (its eos token is the usual choice; padded positions are
+    masked, so the choice does not change results)."""
+    if pad_token:
+        if pad_token not in tok.get_vocab():
+            raise ValueError(f"{key}={pad_token!r} is not a token of the tokenizer "
+                             f"({tok.name_or_path}); use one of its tokens, e.g. its eos "
+                             f"token {tok.eos_token!r}")
+        tok.pad_token = pad_token
+    elif tok.pad_token is None:
+        raise ValueError(f"the tokenizer ({tok.name_or_path}) has no pad token; set {key} to "
+                         f"one of its tokens (e.g. its eos token {tok.eos_token!r}: padded "
+                         "positions are masked, so any token the model knows will do)")
+    tok.padding_side = "right"
+    return tok
+
+
+def special_tokens(tok) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer's template puts before and after one text: ([CLS], [SEP]) for
+    BERT, ([bos], []) for Llama, ([], []) for GPT-2."""
+    inner = tok("a", add_special_tokens=False)["input_ids"]
+    outer = tok("a", add_special_tokens=True)["input_ids"]
+    for i in range(len(outer) - len(inner) + 1):
+        if outer[i:i + len(inner)] == inner:
+            return outer[:i], outer[i + len(inner):]
+    raise ValueError(f"{tok.name_or_path}: cannot find a text inside its special tokens")
+
+
 @dataclasses.dataclass
 class Encoding:
     """Numpy int32 arrays of shape [n, max_length]; `offsets` is [n, max_length, 2] or None."""

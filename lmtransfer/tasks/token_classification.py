@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from lmtransfer import metrics as metrics_lib
+from lmtransfer import tokenization
 from lmtransfer.data import conll
 from lmtransfer.data.tables import DataError
 from lmtransfer.tasks.base import Split, Task, check_source, data_file, seeded_subset
@@ -42,6 +43,9 @@ class TokenClassificationTask(Task):
         self.data = config.data
         self.tokenizer = tokenizer
         self.max_length = config.data.max_length
+        # [CLS] ... [SEP] for BERT, <bos> ... for Llama, nothing for GPT-2.
+        self.prefix, self.suffix = tokenization.special_tokens(tokenizer)
+        self._specials = len(self.prefix) + len(self.suffix)
         check_source(self.data, ("files", "tfds"))
         self._raw: dict[str, list[conll.Sentence]] = {}
         self._cache: dict[str, Split] = {}
@@ -91,7 +95,7 @@ class TokenClassificationTask(Task):
         return self._cache[split]
 
     def _featurize(self, split: str, sentences: list[conll.Sentence]) -> Split:
-        tok, cap = self.tokenizer, self.max_length - 2
+        tok, cap = self.tokenizer, self.max_length - self._specials
         enc = tok([s.words for s in sentences], is_split_into_words=True,
                   add_special_tokens=False)
         labelled = all(t is not None for s in sentences for t in s.tags)
@@ -129,7 +133,7 @@ class TokenClassificationTask(Task):
         label_mask = np.zeros((n, t), np.float32)
         examples = []
         for row, (si, start, end, pieces) in enumerate(windows):
-            tokens = [self.tokenizer.cls_token_id]
+            tokens = list(self.prefix)
             first = []
             for j, p in enumerate(pieces):
                 first.append(len(tokens) if p else -1)
@@ -142,10 +146,10 @@ class TokenClassificationTask(Task):
                         labels[row, len(tokens) + 1:len(tokens) + len(p)] = rest
                         label_mask[row, len(tokens) + 1:len(tokens) + len(p)] = 1.0
                 tokens.extend(p)
-            tokens.append(self.tokenizer.sep_token_id)
+            tokens.extend(self.suffix)
             ids[row, :len(tokens)] = tokens
             examples.append({"record": si, "words": (start, end), "first": first})
-        length = np.array([2 + sum(map(len, w[3])) for w in windows], np.int32)
+        length = np.array([self._specials + sum(map(len, w[3])) for w in windows], np.int32)
         features = dict(input_ids=ids, attention_mask=(np.arange(t) < length[:, None])
                         .astype(np.int32), token_type_ids=np.zeros((n, t), np.int32),
                         length=length, labels=labels, label_mask=label_mask)

@@ -47,7 +47,8 @@ def load_tokenizer(config, workdir: str | None = None):
         from lmtransfer.tasks.pretrain import corpus_tokenizer
 
         return corpus_tokenizer(config, workdir)
-    return tokenization.load_tokenizer(tokenizer_dir(config))
+    return tokenization.set_padding(tokenization.load_tokenizer(tokenizer_dir(config)),
+                                    config.model.get("pad_token", ""))
 
 
 def config_overrides(config) -> dict:
@@ -77,7 +78,17 @@ def check_fits(config, model, tokenizer) -> None:
 
 
 def build(config, task, tokenizer, mesh, rules):
-    """Returns (model, params placed in their shardings)."""
+    """Returns (model, params placed in their shardings). A decoder's config takes the
+    tokenizer's pad/bos/eos ids (an HF export then pools and generates as we do)."""
+    model, params = _build(config, task, tokenizer, mesh, rules)
+    if model.arch == "gpt":
+        ids = {k: getattr(tokenizer, k) for k in ("pad_token_id", "bos_token_id",
+                                                   "eos_token_id")}
+        model = model.clone(config=model.config.replace(**ids))
+    return model, params
+
+
+def _build(config, task, tokenizer, mesh, rules):
     src, overrides = config.init_from, config_overrides(config)
     if src and _is_hf_dir(src):
         return hf.load_pretrained(src, head=task.head, num_labels=task.num_labels,
@@ -89,7 +100,7 @@ def build(config, task, tokenizer, mesh, rules):
                 f"config.init_from={src} holds a {source_model.arch.upper()} model, which has "
                 f"no {task.head!r} head (it has {models.HEADS_OF[source_model.arch]}); "
                 f"config.task={config.task} needs a "
-                f"{'GPT' if task.head == 'lm' else 'BERT'} checkpoint")
+                f"{'GPT' if task.head == 'lm' else 'BERT or GPT'} checkpoint")
         model = type(source_model)(source_model.config, head=task.head,
                                    num_labels=task.num_labels)
         return model, transfer(source_params, model, config.seed, mesh, rules, src)
