@@ -75,9 +75,15 @@ def test_other_model_type(make_hf_model, tmp_path):
     _, path = make_hf_model("BertModel")
     dst = _copy(path, tmp_path)
     cfg = json.loads((dst / "config.json").read_text())
-    cfg["model_type"] = "gpt2"
+    cfg["model_type"] = "t5"
     (dst / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="model_type is 'gpt2', but lmtransfer reads BERT"):
+    with pytest.raises(ValueError, match="model_type 't5' is not supported; lmtransfer reads "
+                                         "bert, gpt2, llama"):
+        hf.load_pretrained(str(dst))
+    cfg["model_type"] = "gpt2"  # a BERT config labelled gpt2
+    (dst / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="config.json: a 'gpt2' config needs n_embd, n_layer, "
+                                         "n_head; is this file from another model"):
         hf.load_pretrained(str(dst))
 
 

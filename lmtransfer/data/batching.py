@@ -256,7 +256,7 @@ class StoreBatcher(_Batches):
 # Features with a sequence axis that bucketing may cut (never labels of other shapes).
 SEQUENCE_FEATURES = {"input_ids", "attention_mask", "token_type_ids", "labels",
                      "label_mask", "position_ids", "segment_ids", "word_start", "mlm_labels",
-                     "mlm_weights"}
+                     "mlm_weights", "response_mask"}
 
 
 def gather(x: jax.Array) -> np.ndarray:

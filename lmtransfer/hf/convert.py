@@ -61,6 +61,14 @@ class Family:
         return self.prefix_for(head) if self.prefix_for else self.prefixes[0]
 
 
+def require(hf: dict, keys, source: str) -> None:
+    """A config.json must name what the architecture is built from."""
+    missing = [k for k in keys if hf.get(k) is None]
+    if missing:
+        raise ValueError(f"{source}: a {hf.get('model_type')!r} config needs "
+                         f"{', '.join(missing)}; is this file from another model?")
+
+
 def _module_regex(template: str) -> re.Pattern:
     return re.compile(re.escape(template).replace(re.escape("{i}"), r"(?P<i>\d+)") + "$")
 

@@ -11,7 +11,7 @@ import re
 
 import numpy as np
 
-from lmtransfer.hf.convert import Family
+from lmtransfer.hf.convert import Family, require
 from lmtransfer.models.gpt import Gpt, GptConfig
 
 MODULES = (
@@ -66,6 +66,7 @@ def _merge(tensors, config):
 
 
 def config_from_hf(hf, source="config.json", **overrides) -> GptConfig:
+    require(hf, ("vocab_size", "n_embd", "n_layer", "n_head"), source)
     refused = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
                "add_cross_attention": False}
     for key, expected in refused.items():

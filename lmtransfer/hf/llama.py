@@ -4,7 +4,7 @@ token classification, question answering). One table: the three differ in config
 
 from __future__ import annotations
 
-from lmtransfer.hf.convert import Family
+from lmtransfer.hf.convert import Family, require
 from lmtransfer.models import layers
 from lmtransfer.models.gpt import Gpt, GptConfig
 from lmtransfer.models.llama import LLAMA
@@ -67,6 +67,8 @@ def _sliding(hf, layers_n):
 
 
 def config_from_hf(hf, source="config.json", **overrides) -> GptConfig:
+    require(hf, ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                 "intermediate_size"), source)
     model_type = hf["model_type"]
     theta, scaling = _rope(hf, source)
     if hf.get("hidden_act", "silu") not in layers.ACTIVATIONS:

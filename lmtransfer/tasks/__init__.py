@@ -5,6 +5,7 @@ from lmtransfer.tasks.base import Split, Task
 TASKS = {"classification": "lmtransfer.tasks.classification:ClassificationTask",
          "token_classification": "lmtransfer.tasks.token_classification:TokenClassificationTask",
          "qa": "lmtransfer.tasks.qa:QaTask",
+         "sft": "lmtransfer.tasks.sft:SftTask",
          "clm": "lmtransfer.tasks.pretrain:PretrainTask",
          "mlm": "lmtransfer.tasks.pretrain:PretrainTask"}
 

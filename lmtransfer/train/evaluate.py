@@ -66,7 +66,8 @@ def evaluate(task, eval_step, params, splits, batch_size, mesh, buckets, out_dir
 
 
 def _run_splits(config, workdir, which: str, result_file: str):
-    """Restores this workdir's best (else latest) checkpoint and runs it on the task's
+    """Restores this workdir's best (else latest) checkpoint (a workdir without one:
+    config.init_from as it is, e.g. zero-/few-shot scoring) and runs it on the task's
     `which` splits ("eval" or "test"), writing predictions and `result_file`."""
     from lmtransfer.tasks import make_task
     from lmtransfer.train import init
@@ -76,9 +77,14 @@ def _run_splits(config, workdir, which: str, result_file: str):
     rules = sharding.rules_from_config(config.sharding_rules)
     tokenizer = init.load_tokenizer(config, workdir)
     task = make_task(config, tokenizer, workdir)
-    model, params, meta = checkpoints.load_model(workdir, mesh=mesh, rules=rules,
-                                                 **init.config_overrides(config))
-    log.info("restored %s (head=%s)", checkpoints.resolve(workdir), meta["head"])
+    if checkpoints.is_checkpoint(workdir) or not (config.init_from or config.model.preset):
+        model, params, meta = checkpoints.load_model(workdir, mesh=mesh, rules=rules,
+                                                     **init.config_overrides(config))
+        log.info("restored %s (head=%s)", checkpoints.resolve(workdir), meta["head"])
+    else:  # zero-/few-shot: the model as it comes, no training
+        model, params = init.build(config, task, tokenizer, mesh, rules)
+        log.info("%s has no checkpoint: evaluating config.init_from=%s as it is", workdir,
+                 config.init_from or config.model.preset)
     init.check_fits(config, model, tokenizer)
     names = task.eval_splits() if which == "eval" else task.test_splits()
     splits = [task.load(s) for s in names]
