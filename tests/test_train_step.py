@@ -115,3 +115,27 @@ def test_dropout_keep_mask_statistics():
     y = np.asarray(drop.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)}))
     kept = y != 0
     assert np.allclose(y[kept], 1 / 0.9) and abs(kept.mean() - 0.9) < 0.005
+
+
+@pytest.mark.parametrize("mesh_spec,kv_spec", [
+    ({"data": 2, "fsdp": 2, "tensor": 2}, ("fsdp", "tensor", None)),  # 2 kv heads on tensor=2
+    ({"data": 1, "fsdp": 2, "tensor": 4}, ("fsdp", None, None)),  # ... don't divide tensor=4
+])
+def test_gqa_decoder_sharded_step_equals_single_device(glue_root, mesh_spec, kv_spec, caplog):
+    """Llama-style grouped-query attention (4 query, 2 key/value heads): kv heads shard on
+    tensor when they divide it, else they are replicated (logged); the step is the same."""
+    config = config_for(glue_root, batch_size=16)
+    config.model.preset = "llama-tiny"
+    single_losses, single_params, _ = run_steps(config, {"data": 1})
+    with caplog.at_level("INFO", logger="lmtransfer.sharding"):
+        losses, params, state = run_steps(config, mesh_spec)
+    attention = state.params["layer_0"]["attention"]
+    def spec(x):
+        return tuple(x.sharding.spec) + (None,) * (x.ndim - len(x.sharding.spec))
+
+    assert spec(attention["key"]["kernel"]) == kv_spec
+    assert spec(attention["query"]["kernel"]) == ("fsdp", "tensor", None)
+    replicated = "kv_heads of size 2 does not divide mesh axes tensor (size 4); replicated"
+    assert (replicated in caplog.text) == (mesh_spec["tensor"] == 4)
+    np.testing.assert_allclose(losses, single_losses, atol=1e-5)
+    assert max_diff(params, single_params) <= 1e-5
