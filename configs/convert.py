@@ -1,4 +1,5 @@
-"""Convert an HF BERT checkpoint into an lmtransfer checkpoint and back to HF format.
+"""Convert an HF checkpoint (BERT, GPT-2, Llama, Mistral, Qwen2) into an lmtransfer checkpoint
+and back to HF format.
 
     python -m lmtransfer.main --config configs/convert.py --workdir runs/minilm
     python -m lmtransfer.main --config configs/convert.py:head=classification,num_labels=3 \

@@ -1,4 +1,5 @@
-"""`convert` mode: HF checkpoint dir -> lmtransfer checkpoint in the workdir -> HF dir again.
+"""`convert` mode: HF checkpoint dir (BERT, GPT-2, Llama, Mistral, Qwen2) -> lmtransfer
+checkpoint in the workdir -> HF dir again.
 
 The HF export is written from the *restored* lmtransfer checkpoint, so every conversion also
 proves the round trip. A source that is an lmtransfer workdir/checkpoint is exported to HF.
@@ -58,6 +59,6 @@ def run(config, workdir: str) -> dict:
         id2label = {int(k): v for k, v in meta["id2label"].items()} or None
         out = hf.save_pretrained(model, params, os.path.join(workdir, "hf"), tokenizer=tok,
                                  id2label=id2label)
-        log.info("wrote HF checkpoint %s (%s)", out, hf.ARCHITECTURES[model.head])
+        log.info("wrote HF checkpoint %s (%s)", out, hf.architecture(model))
         result["hf"] = out
     return result

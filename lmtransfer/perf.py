@@ -24,9 +24,12 @@ def matmul_weights(model, decoded_fraction: float = 1.0) -> float:
     the MLM head counts for `decoded_fraction` of the tokens (it runs at the masked ones)."""
     c = model.config
     h, layers = c.hidden_size, c.num_hidden_layers
-    n = layers * (4 * h * h + 2 * h * c.intermediate_size)
+    q = c.num_attention_heads * c.head_dim
+    kv = getattr(c, "kv_heads", c.num_attention_heads) * c.head_dim  # grouped-query: fewer
+    mlp = 3 if getattr(c, "mlp", "standard") == "gated" else 2  # SwiGLU: gate, up, down
+    n = layers * (2 * h * q + 2 * h * kv + mlp * h * c.intermediate_size)
     head = model.head
-    if head == "lm":
+    if head == "lm":  # tied or untied, the output projection is one matmul
         n += h * c.vocab_size
     if head in ("mlm", "pretraining"):
         n += (h * c.vocab_size + h * h) * decoded_fraction  # decoder + transform
@@ -44,7 +47,7 @@ def train_flops_per_token(model, length: int, decoded: int | None = None) -> flo
     c = model.config
     fraction = 1.0 if decoded is None else decoded / length
     return (6 * matmul_weights(model, fraction)
-            + 12 * c.num_hidden_layers * length * c.hidden_size)
+            + 12 * c.num_hidden_layers * length * c.num_attention_heads * c.head_dim)
 
 
 def peak_flops(device=None) -> float | None:

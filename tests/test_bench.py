@@ -47,3 +47,18 @@ def test_gpu_script_on_tiny_shapes(tmp_path):
         assert 0 < figures["mfu"] < 1.5
         assert [r["length"] for r in figures["rows"]] == [x for x in lengths for _ in "ab"]
         assert f"## {run}:" in table
+
+
+def test_llama_matmul_weights_equal_its_kernels():
+    """Grouped-query attention and SwiGLU: the FLOP count's weights are the model's kernels."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from lmtransfer.sharding import unbox
+
+    model = from_preset("llama-tiny", "lm")
+    params = unbox(jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 2), jnp.int32)))
+    kernels = [np.prod(x.shape) for path, x in jax.tree_util.tree_flatten_with_path(
+        params["params"])[0] if path[-1].key == "kernel"]
+    assert perf.matmul_weights(model) == sum(kernels)

@@ -101,3 +101,20 @@ def test_rotary_gpt_has_no_gpt2_layout(tmp_path):
     with pytest.raises(ValueError, match="no GPT-2 layout.*llama preset"):
         hf.save_pretrained(model, params, str(tmp_path / "x"))
     assert not (tmp_path / "x").exists()
+
+
+def test_convert_mode_round_trips_a_decoder(tmp_path):
+    """configs/convert.py on an HF Qwen2 dir: lmtransfer checkpoint, then HF again."""
+    from lmtransfer import main
+    from tests.configs_loader import load_config
+
+    torch_model = dm.make_torch("qwen2", "lm")
+    torch_model.save_pretrained(tmp_path / "src")
+    c = load_config("convert.py", f"head=lm,source={tmp_path / 'src'}")
+    result = main.run(c, str(tmp_path / "run"))
+    again = transformers.AutoModelForCausalLM.from_pretrained(result["hf"]).eval()
+    assert type(again).__name__ == "Qwen2ForCausalLM"
+    ids, mask = dm.batch()
+    a = dm.torch_out(again, ids, mask).logits.numpy()
+    b = dm.torch_out(torch_model, ids, mask).logits.numpy()
+    assert np.abs(a - b)[mask.astype(bool)].max() <= 1e-5
