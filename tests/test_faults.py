@@ -206,6 +206,18 @@ def _checkpoint(path, preset, head, **overrides):
     return str(path)
 
 
+def _gpt_without_pad(path):
+    """A GPT workdir whose tokenizer, like GPT-2's, has no pad token."""
+    from lmtransfer import tokenization
+
+    _checkpoint(path, "gpt-tiny", "lm")
+    tok = tokenization.train_tokenizer("bpe", ["a few words of text"] * 10, 300,
+                                       str(path / "tokenizer"))
+    tok.pad_token = None
+    tok.save_pretrained(str(path / "tokenizer"))
+    return str(path)
+
+
 def _bad_utf8(root):
     with open(os.path.join(root, "SST-2", "train.tsv"), "ab") as f:
         f.write(b"caf\xe9 au lait\t1\n")
@@ -227,9 +239,9 @@ BAD_INPUTS = {  # name -> (how to break a working config, the error it must give
         lambda c, tmp: setattr(c, "init_from", _checkpoint(tmp / "bert", "tiny", None,
                                                            vocab_size=300)),
         r"has 30522 tokens but the model \(config.init_from=.*/bert\) has a vocabulary of 300"),
-    "checkpoint of another architecture": (
-        lambda c, tmp: setattr(c, "init_from", _checkpoint(tmp / "gpt", "gpt-tiny", "lm")),
-        r"config.init_from=.*/gpt holds a GPT model, which has no 'classification' head"),
+    "decoder tokenizer without a pad token": (
+        lambda c, tmp: setattr(c, "init_from", _gpt_without_pad(tmp / "gpt")),
+        r"the tokenizer \(.*/gpt/tokenizer\) has no pad token; set config.model.pad_token"),
     "batch not divisible by data parallelism": (
         lambda c, tmp: setattr(c.train, "batch_size", 12),
         r"config.train.batch_size=12 must be divisible by data x fsdp = 8"),
