@@ -5,6 +5,7 @@ predicts what the run predicted. Tokenizers without a pad token need config.mode
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -127,3 +128,16 @@ def test_tokenizer_without_pad_token_needs_config_key(tmp_path, bpe):
     c.model.pad_token = "<pad>"
     with pytest.raises(ValueError, match=r"config.model.pad_token='<pad>' is not a token"):
         init.load_tokenizer(c)
+
+
+def test_encoder_checkpoint_has_no_lm_head(tmp_path):
+    from types import SimpleNamespace
+
+    from lmtransfer import sharding
+    from tests.test_faults import _checkpoint
+
+    c = load_config("generate.py", f"model={_checkpoint(tmp_path / 'bert', 'tiny', None)}")
+    mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
+    with pytest.raises(ValueError, match=r"holds a BERT model, which has no 'lm' head"):
+        init.build(c, SimpleNamespace(head="lm", num_labels=0), None, mesh,
+                   sharding.DEFAULT_RULES)
