@@ -15,7 +15,10 @@ def test_readme_python_example(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     for code in blocks:
         exec(compile(code, "README.md", "exec"), {})
-    assert "(2, 32, 384) (2, 384)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "(2, 32, 384) (2, 384)" in out and "2 6" in out
+    assert type(transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path / "runs" / "llama-tiny")).__name__ == "LlamaForCausalLM"
     model, info = transformers.AutoModelForSequenceClassification.from_pretrained(
         tmp_path / "runs" / "minilm-cls", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
