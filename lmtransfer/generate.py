@@ -157,7 +157,7 @@ def run(config, workdir: str) -> dict:
     """The `generate` mode: the model of config.init_from, prompts in, generations.jsonl out."""
     from types import SimpleNamespace
 
-    from lmtransfer import sharding
+    from lmtransfer import sharding, tokenization
     from lmtransfer.train import init
 
     g = config.generate
@@ -167,7 +167,9 @@ def run(config, workdir: str) -> dict:
     model, params = init.build(config, SimpleNamespace(head="lm", num_labels=0), tokenizer,
                                mesh, rules)
     prompts, where = read_prompts(config)
-    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    # The tokenizer's leading special tokens (Llama's <s>), never trailing ones.
+    prefix, _ = tokenization.special_tokens(tokenizer)
+    ids = [prefix + tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     eos = tokenizer.eos_token_id if g.stop_at_eos else None
     out_path = os.path.join(workdir, "generations.jsonl")
     rows = []
