@@ -1,9 +1,6 @@
 """Small random HF decoders (GPT-2, Llama, Mistral, Qwen2) built by transformers with torch,
 and our decoders with non-trivial random weights: the references of the decoder tests."""
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 VOCAB = 97
@@ -96,11 +93,8 @@ def max_errors(model, params, torch_model, head, ids, mask):
 def random_ours(preset: str, head, num_labels: int = 3, seed: int = 0, **overrides):
     """One of our decoder presets with perturbed random params."""
     from lmtransfer.models import Gpt, GptConfig
+    from tests.helpers import perturbed_init
 
     config = GptConfig.preset(preset, **{"vocab_size": VOCAB, "pad_token_id": PAD, **overrides})
     model = Gpt(config, head=head, num_labels=num_labels)
-    params = nn.unbox(model.init(jax.random.key(seed), jnp.zeros((1, 4), jnp.int32)))["params"]
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-    leaves = [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
-    return model, jax.tree.unflatten(treedef, leaves)
+    return model, perturbed_init(model, seed)

@@ -20,3 +20,17 @@ def torch_outputs(model, ids, mask, types):
     with torch.no_grad():
         return model(input_ids=torch.tensor(ids).long(), attention_mask=torch.tensor(mask).long(),
                      token_type_ids=torch.tensor(types).long())
+
+
+def perturbed_init(model, seed: int = 0):
+    """`model`'s random params with every leaf perturbed (non-zero biases, non-unit norm
+    scales), so a mixed-up layout in a conversion cannot pass."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    params = nn.unbox(model.init(jax.random.key(seed), jnp.zeros((1, 4), jnp.int32)))["params"]
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+    leaves = [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
+    return jax.tree.unflatten(treedef, leaves)

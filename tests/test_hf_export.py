@@ -3,27 +3,21 @@ outputs; export -> import gives back identical params."""
 
 import json
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import transformers
 
 from lmtransfer import hf
 from lmtransfer.models import Bert, BertConfig
+from tests.helpers import perturbed_init
 from tests.test_hf_import import HEADS, assert_matches_torch
 
 
 def random_model(head, num_labels=2, seed=0):
     config = BertConfig.preset("tiny", hidden_act="gelu")
     model = Bert(config, head=head, num_labels=num_labels)
-    params = nn.unbox(model.init(jax.random.key(seed), jnp.zeros((1, 4), jnp.int32)))["params"]
-    # Non-zero biases / non-unit LayerNorm scales, so a mixed-up layout cannot pass.
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-    leaves = [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
-    return model, jax.tree.unflatten(treedef, leaves)
+    return model, perturbed_init(model, seed)
 
 
 @pytest.mark.parametrize("cls,head,kw,fields", HEADS, ids=lambda x: str(x))

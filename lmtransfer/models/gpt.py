@@ -206,8 +206,10 @@ class Gpt(nn.Module):
         x = layers.constrain(x, layers.ACT_BTE)
         block = layer_class(GptBlock, c.remat and cache is None, deterministic_argnum=4)
         new_cache = []
+        masks = {w: self._mask(segment_ids, w, cache, cache_index, length)
+                 for w in {c.window(i) for i in range(c.num_hidden_layers)}}
         for i in range(c.num_hidden_layers):
-            mask = self._mask(segment_ids, c.window(i), cache, cache_index, length)
+            mask = masks[c.window(i)]
             if cache is None:
                 x = block(c, name=f"layer_{i}")(x, mask, position_ids, deterministic)
             else:

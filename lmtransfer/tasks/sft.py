@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 class SftTask(Task):
     head = "lm"
     num_labels = 0
-    sequence_outputs = {}
 
     def __init__(self, config, tokenizer):
         from lmtransfer.tasks.classification import ClassificationTask
