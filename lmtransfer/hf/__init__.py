@@ -66,9 +66,10 @@ def family_for_config(hf_cfg: Mapping[str, Any], source: str = "config.json") ->
 
 def family_of(model) -> Family:
     """The family whose HF layout `model` exports to."""
-    if model.arch == "bert":
-        return bert.FAMILY
-    return gpt2.FAMILY if model.config.family == "gpt2" else llama.FAMILY
+    for family in FAMILIES:
+        if family.arch == model.arch and (family.accepts is None or family.accepts(model)):
+            return family
+    raise ValueError(f"no HF family exports a {model.arch!r} model")
 
 
 def architecture(model) -> str:

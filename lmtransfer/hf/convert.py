@@ -50,6 +50,8 @@ class Family:
     split: Callable = _same  # HF state dict -> Linear-layout names the table uses
     merge: Callable = _same  # the reverse, for writing
     prefix_for: Callable | None = None  # head -> prefix written (default: prefixes[0])
+    arch: str = "bert"  # the lmtransfer model (`model.arch`) this family builds
+    accepts: Callable | None = None  # model -> bool, when several families share one arch
 
     def architecture(self, model) -> str:
         arch = self.architectures

@@ -119,4 +119,4 @@ FAMILY = Family(
     config_from_hf=config_from_hf, config_to_hf=config_to_hf,
     make_model=lambda config, head, num_labels: Gpt(config, head=head, num_labels=num_labels),
     ignored=r"(transformer\.)?h\.\d+\.attn\.(masked_)?bias|lm_head\.weight",
-    split=_split, merge=_merge)
+    split=_split, merge=_merge, arch="gpt", accepts=lambda model: model.config.family == "gpt2")

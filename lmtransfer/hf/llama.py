@@ -148,4 +148,5 @@ FAMILY = Family(
     make_model=lambda config, head, num_labels: Gpt(config, head=head, num_labels=num_labels),
     ignored=r"(model\.)?layers\.\d+\.self_attn\.rotary_emb\.inv_freq",
     # HF's *ForQuestionAnswering keep the base model as `transformer` (for BC).
-    prefix_for=lambda head: "transformer." if head == "qa" else "model.")
+    prefix_for=lambda head: "transformer." if head == "qa" else "model.",
+    arch="gpt", accepts=lambda model: model.config.family in NAMES)

@@ -3,9 +3,14 @@
 from lmtransfer.models.bert import HEADS, PRESETS, Bert, BertConfig, BertOutput
 from lmtransfer.models.gpt import Gpt, GptConfig
 
+# model.arch -> (model class, config class): what a checkpoint's metadata rebuilds. A new
+# family adds one entry here and one Family in lmtransfer.hf.
 ARCHS = {"bert": (Bert, BertConfig), "gpt": (Gpt, GptConfig)}
-HEADS_OF = {"bert": tuple(h for h in HEADS if h),
-            "gpt": ("lm", "classification", "token_classification", "qa")}
+
+
+def heads_of(arch: str) -> tuple[str, ...]:
+    """The task heads a model family has (its class's HEADS without the bare encoder)."""
+    return tuple(h for h in ARCHS[arch][0].HEADS if h)
 
 
 def from_preset(name: str, head: str | None, num_labels: int = 2, **overrides):
@@ -23,4 +28,4 @@ def from_preset(name: str, head: str | None, num_labels: int = 2, **overrides):
 
 
 __all__ = ["ARCHS", "HEADS", "PRESETS", "Bert", "BertConfig", "BertOutput", "Gpt", "GptConfig",
-           "from_preset"]
+           "from_preset", "heads_of"]

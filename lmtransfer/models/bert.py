@@ -207,6 +207,7 @@ class Bert(nn.Module):
     head: str | None = None
     num_labels: int = 2
     arch = "bert"
+    HEADS = HEADS
 
     def __post_init__(self):
         if self.head not in HEADS:

@@ -173,6 +173,7 @@ class Gpt(nn.Module):
     head: str | None = "lm"
     num_labels: int = 0
     arch = "gpt"
+    HEADS = HEADS
 
     def __post_init__(self):
         if self.head not in HEADS:

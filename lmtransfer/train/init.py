@@ -95,10 +95,10 @@ def _build(config, task, tokenizer, mesh, rules):
                                   seed=config.seed, mesh=mesh, rules=rules, **overrides)
     if src:
         source_model, source_params, _ = checkpoints.load_model(src, **overrides)
-        if task.head not in models.HEADS_OF[source_model.arch]:
+        if task.head not in models.heads_of(source_model.arch):
             raise ValueError(
                 f"config.init_from={src} holds a {source_model.arch.upper()} model, which has "
-                f"no {task.head!r} head (it has {models.HEADS_OF[source_model.arch]}); "
+                f"no {task.head!r} head (it has {models.heads_of(source_model.arch)}); "
                 f"config.task={config.task} needs a "
                 f"{'GPT' if task.head == 'lm' else 'BERT or GPT'} checkpoint")
         model = type(source_model)(source_model.config, head=task.head,
