@@ -13,6 +13,7 @@ import os
 import jax
 
 from lmtransfer import checkpoints, hf, sharding, tokenization
+from lmtransfer.hf import hub
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,8 @@ def _tokenizer_or_none(path: str):
 
 def run(config, workdir: str) -> dict:
     c = config.convert
-    source = os.path.abspath(c.source or hf.packaged_minilm())
+    source = os.path.abspath(hub.resolve(c.source, "config.convert.source")
+                             or hf.packaged_minilm())
     mesh = sharding.make_mesh(config.mesh.to_dict())
     rules = sharding.rules_from_config(config.sharding_rules)
     overrides = config.model.to_dict()

@@ -78,7 +78,7 @@ def test_other_model_type(make_hf_model, tmp_path):
     cfg["model_type"] = "t5"
     (dst / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="model_type 't5' is not supported; lmtransfer reads "
-                                         "bert, gpt2, llama"):
+                                         "albert, bert, deberta-v2, distilbert, electra, gpt2"):
         hf.load_pretrained(str(dst))
     cfg["model_type"] = "gpt2"  # a BERT config labelled gpt2
     (dst / "config.json").write_text(json.dumps(cfg))

@@ -73,7 +73,9 @@ def test_unsupported_decoder_type_is_one_clear_error(tmp_path):
     cfg["model_type"] = "falcon"
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match=r"config.json: model_type 'falcon' is not supported; "
-                                         r"lmtransfer reads bert, gpt2, llama, mistral, qwen2"):
+                                         r"lmtransfer reads albert, bert, deberta-v2, distilbert, "
+                                         r"electra, gpt2, llama, mistral, modernbert, qwen2, "
+                                         r"roberta, xlm-roberta$"):
         hf.load_pretrained(str(tmp_path))
 
 

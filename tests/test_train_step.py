@@ -44,7 +44,8 @@ def run_steps(config, mesh_spec, n_steps=3):
     sh = state_lib.shardings(model, tx, mesh, rules)
     state = state_lib.create(params, tx, sh)
     step = jax.jit(make_train_step(model, task, tx, lr, config.train.grad_accum, config.seed),
-                   in_shardings=(sh, batcher.sharding), donate_argnums=(0,))
+                   in_shardings=(sh, batcher.sharding),
+                   out_shardings=(sh, sharding.replicated(mesh)), donate_argnums=(0,))
     losses = []
     with sharding.use_mesh(mesh, rules):
         for i in range(n_steps):

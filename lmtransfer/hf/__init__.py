@@ -26,7 +26,17 @@ import numpy as np
 from flax import traverse_util
 
 from lmtransfer import sharding as sharding_lib
-from lmtransfer.hf import bert, gpt2, llama
+from lmtransfer.hf import (
+    albert,
+    bert,
+    deberta_v2,
+    distilbert,
+    electra,
+    gpt2,
+    llama,
+    modernbert,
+    roberta,
+)
 from lmtransfer.hf.convert import Family
 from lmtransfer.hf.convert import from_hf as _from_hf
 from lmtransfer.hf.convert import to_hf as _to_hf
@@ -34,7 +44,9 @@ from lmtransfer.hf.files import WEIGHT_FILES, atomic_dir, read_config, read_weig
 
 log = logging.getLogger(__name__)
 
-FAMILIES: tuple[Family, ...] = (bert.FAMILY, gpt2.FAMILY, llama.FAMILY)
+FAMILIES: tuple[Family, ...] = (bert.FAMILY, gpt2.FAMILY, llama.FAMILY, roberta.FAMILY,
+                                electra.FAMILY, albert.FAMILY, deberta_v2.FAMILY,
+                                modernbert.FAMILY, distilbert.FAMILY)
 ARCHITECTURES = bert.ARCHITECTURES  # BERT's head -> HF class (see `architecture` for any)
 
 __all__ = ["FAMILIES", "WEIGHT_FILES", "architecture", "family_of", "family_for_config",
@@ -89,7 +101,8 @@ def load_pretrained(path: str, head: str | None = None, num_labels: int | None =
                     seed: int = 0, mesh=None, rules=sharding_lib.DEFAULT_RULES,
                     **config_overrides):
     """Loads an HF checkpoint directory (BERT, GPT-2, Llama, Mistral, Qwen2) as
-    `(model, params)`.
+    `(model, params)`. `path` may also be a Hugging Face Hub id (`roberta-base`, `org/name`,
+    `org/name@revision`), fetched into / read from the HF cache (`lmtransfer.hf.hub`).
 
     Reads `config.json` and `model.safetensors` (or its sharded index), `pytorch_model.bin`
     (torch, `weights_only=True`) or `flax_model.msgpack`; names with or without the base
@@ -97,6 +110,9 @@ def load_pretrained(path: str, head: str | None = None, num_labels: int | None =
     `config_overrides` set config fields such as `dtype="bfloat16"` or dropout rates.
     With `mesh`, params are placed sharded by `rules`; otherwise on the default device.
     """
+    from lmtransfer.hf import hub
+
+    path = hub.resolve(path, "path")
     hf_cfg = read_config(path)
     source = os.path.join(path, "config.json")
     family = family_for_config(hf_cfg, source)

@@ -1,11 +1,22 @@
 """Flax linen models: functional (init/apply), every parameter with logical axis names."""
 
+from lmtransfer.models.albert import Albert, AlbertConfig
 from lmtransfer.models.bert import HEADS, PRESETS, Bert, BertConfig, BertOutput
+from lmtransfer.models.deberta_v2 import DebertaV2, DebertaV2Config
+from lmtransfer.models.distilbert import DistilBert, DistilBertConfig
+from lmtransfer.models.electra import Electra, ElectraConfig
 from lmtransfer.models.gpt import Gpt, GptConfig
+from lmtransfer.models.modernbert import ModernBert, ModernBertConfig
+from lmtransfer.models.roberta import Roberta, RobertaConfig
 
 # model.arch -> (model class, config class): what a checkpoint's metadata rebuilds. A new
 # family adds one entry here and one Family in lmtransfer.hf.
-ARCHS = {"bert": (Bert, BertConfig), "gpt": (Gpt, GptConfig)}
+ARCHS = {"bert": (Bert, BertConfig), "gpt": (Gpt, GptConfig),
+         "roberta": (Roberta, RobertaConfig),
+         "electra": (Electra, ElectraConfig), "albert": (Albert, AlbertConfig),
+         "deberta_v2": (DebertaV2, DebertaV2Config),
+         "modernbert": (ModernBert, ModernBertConfig),
+         "distilbert": (DistilBert, DistilBertConfig)}
 
 
 def heads_of(arch: str) -> tuple[str, ...]:

@@ -1,6 +1,7 @@
 """Where a run's weights and tokenizer come from (`config.init_from`, `config.model.*`).
 
-  init_from = HF checkpoint dir    pretrained encoder, the task's head fresh (or loaded)
+  init_from = HF checkpoint dir    pretrained encoder, the task's head fresh (or loaded); a
+              or hub id            hub id (`org/name[@rev]`) is fetched to the HF cache first
   init_from = lmtransfer workdir   our own checkpoint (best, else latest); head fresh if the
                                    task's head or label count differs
   init_from = ""                   random init from `config.model.preset` (from scratch)
@@ -18,6 +19,7 @@ import numpy as np
 from flax import traverse_util
 
 from lmtransfer import checkpoints, hf, models, sharding, tokenization
+from lmtransfer.hf import hub
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +33,8 @@ def tokenizer_dir(config) -> str:
         raise ValueError(f"config.model.tokenizer={config.model.tokenizer!r} trains a tokenizer "
                          "on the corpus: only pretraining tasks (clm, mlm) do that")
     if config.model.tokenizer:
-        return config.model.tokenizer
-    src = config.init_from
+        return hub.resolve(config.model.tokenizer, "config.model.tokenizer", weights=False)
+    src = hub.resolve(config.init_from, "config.init_from")  # a hub id -> its snapshot dir
     if src and _is_hf_dir(src):
         return src
     if src and os.path.isdir(os.path.join(src, "tokenizer")):
@@ -70,7 +72,8 @@ def check_fits(config, model, tokenizer) -> None:
             f"model (config.init_from={config.init_from or config.model.preset}) has a "
             f"vocabulary of {vocab}: they don't belong together. Set config.model.tokenizer to "
             "the tokenizer the model was trained with")
-    limit = model.config.max_position_embeddings
+    # RoBERTa's table reserves its first pad_token_id + 1 rows.
+    limit = getattr(model.config, "max_positions", model.config.max_position_embeddings)
     learned = getattr(model.config, "positions", "learned") == "learned"
     if learned and config.data.max_length > limit:
         raise ValueError(f"config.data.max_length={config.data.max_length} exceeds the model's "
@@ -89,7 +92,7 @@ def build(config, task, tokenizer, mesh, rules):
 
 
 def _build(config, task, tokenizer, mesh, rules):
-    src, overrides = config.init_from, config_overrides(config)
+    src, overrides = hub.resolve(config.init_from, "config.init_from"), config_overrides(config)
     if src and _is_hf_dir(src):
         return hf.load_pretrained(src, head=task.head, num_labels=task.num_labels,
                                   seed=config.seed, mesh=mesh, rules=rules, **overrides)

@@ -1,0 +1,96 @@
+"""ELECTRA <-> HF `Electra*` (ElectraModel, ElectraForMaskedLM, ElectraForPreTraining,
+ElectraForSequenceClassification, ElectraForTokenClassification, ElectraForQuestionAnswering).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from lmtransfer.hf.convert import Family, require
+from lmtransfer.models import layers
+from lmtransfer.models.electra import Electra, ElectraConfig
+
+_LAYER = "encoder.layer.{i}"
+MODULES = (
+    ("embeddings/word_embeddings", "embeddings.word_embeddings", "embed"),
+    ("embeddings/position_embeddings", "embeddings.position_embeddings", "embed"),
+    ("embeddings/token_type_embeddings", "embeddings.token_type_embeddings", "embed"),
+    ("embeddings/layer_norm", "embeddings.LayerNorm", "norm"),
+    ("embeddings_project", "embeddings_project", "dense"),
+    ("layer_{i}/attention/query", f"{_LAYER}.attention.self.query", "split_heads"),
+    ("layer_{i}/attention/key", f"{_LAYER}.attention.self.key", "split_heads"),
+    ("layer_{i}/attention/value", f"{_LAYER}.attention.self.value", "split_heads"),
+    ("layer_{i}/attention/out", f"{_LAYER}.attention.output.dense", "merge_heads"),
+    ("layer_{i}/attention_layer_norm", f"{_LAYER}.attention.output.LayerNorm", "norm"),
+    ("layer_{i}/mlp/wi", f"{_LAYER}.intermediate.dense", "dense"),
+    ("layer_{i}/mlp/wo", f"{_LAYER}.output.dense", "dense"),
+    ("layer_{i}/output_layer_norm", f"{_LAYER}.output.LayerNorm", "norm"),
+    # Heads: top-level in HF (never under `electra.`); may be created fresh.
+    ("generator_predictions/dense", "generator_predictions.dense", "dense"),
+    ("generator_predictions/layer_norm", "generator_predictions.LayerNorm", "norm"),
+    ("generator_predictions", "generator_lm_head", "bias"),  # its weight: the word table
+    ("discriminator_predictions/dense", "discriminator_predictions.dense", "dense"),
+    ("discriminator_predictions/dense_prediction", "discriminator_predictions.dense_prediction",
+     "dense"),
+    ("classifier/dense", "classifier.dense", "dense"),  # sequence classification
+    ("classifier/out_proj", "classifier.out_proj", "dense"),
+    ("classifier", "classifier", "dense"),  # token classification
+    ("qa_outputs", "qa_outputs", "dense"),
+)
+HEAD_MODULES = ("generator_predictions", "discriminator_predictions", "classifier",
+                "qa_outputs")
+
+ARCHITECTURES = {
+    None: "ElectraModel", "mlm": "ElectraForMaskedLM", "pretraining": "ElectraForPreTraining",
+    "classification": "ElectraForSequenceClassification",
+    "token_classification": "ElectraForTokenClassification",
+    "qa": "ElectraForQuestionAnswering",
+}
+# config.json keys that are our config's fields, name for name.
+FIELDS = tuple(f.name for f in dataclasses.fields(ElectraConfig)
+               if f.name not in ("dtype", "param_dtype", "attention", "remat"))
+
+
+def refuse_unsupported(hf: dict, source: str) -> None:
+    """The BERT-style options lmtransfer's factorized encoders do not implement."""
+    pos = hf.get("position_embedding_type", "absolute")
+    if pos != "absolute":
+        raise ValueError(f"{source}: position_embedding_type={pos!r} is not supported "
+                         "(only 'absolute')")
+    for key in ("is_decoder", "add_cross_attention"):
+        if hf.get(key):
+            raise ValueError(f"{source}: {key}=true is not supported (encoder only)")
+    if hf.get("tie_word_embeddings", True) is False:
+        raise ValueError(f"{source}: tie_word_embeddings=false is not supported (the MLM "
+                         "decoder is the word embedding table)")
+    act = hf.get("hidden_act", "gelu")
+    if act not in layers.ACTIVATIONS:
+        raise ValueError(f"{source}: hidden_act={act!r} is not supported; lmtransfer has "
+                         f"{sorted(layers.ACTIVATIONS)}")
+
+
+def config_from_hf(hf, source="config.json", **overrides) -> ElectraConfig:
+    if hf.get("model_type") != "electra":
+        raise ValueError(f"{source}: model_type is {hf.get('model_type')!r}, not 'electra'")
+    require(hf, ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers",
+                 "num_attention_heads", "intermediate_size"), source)
+    refuse_unsupported(hf, source)
+    kw = {f: hf[f] for f in FIELDS if hf.get(f) is not None}
+    return ElectraConfig(**{**kw, **overrides})
+
+
+def config_to_hf(model) -> dict:
+    c = model.config
+    return dict({f: getattr(c, f) for f in FIELDS}, model_type="electra",
+                position_embedding_type="absolute", tie_word_embeddings=True)
+
+
+FAMILY = Family(
+    name="ELECTRA", model_types=("electra",), modules=MODULES, head_modules=HEAD_MODULES,
+    fresh_ok=HEAD_MODULES, prefixes=("electra.",), architectures=ARCHITECTURES,
+    config_from_hf=config_from_hf, config_to_hf=config_to_hf,
+    make_model=lambda config, head, num_labels: Electra(config, head=head,
+                                                        num_labels=num_labels),
+    # Buffers, and the generator decoder's copy of the (tied) word embeddings.
+    ignored=r"(electra\.)?embeddings\.(position_ids|token_type_ids)|generator_lm_head\.weight",
+    arch="electra")
