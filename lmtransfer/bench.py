@@ -1,6 +1,6 @@
 """Training-step throughput: lmtransfer (JAX) beside PyTorch `transformers`, in one run.
 
-    python -m lmtransfer.bench [--model minilm|PRESET|HF_DIR] [--head classification|mlm]
+    python -m lmtransfer.bench [--model minilm|PRESET|HF_DIR|HUB_ID] [--head classification|mlm]
         [--batch 32] [--lengths 128] [--steps 20] [--dtype float32|bfloat16] [--devices N]
         [--remat] [--parity TOL] [--no-peer] [--json FILE]
 
@@ -42,8 +42,10 @@ def train_flops(model, batch: int, length: int) -> float:
 
 
 def random_batch(batch: int, length: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Ordinary-word ids (past the special tokens every vocabulary starts with)."""
     rng = np.random.default_rng(seed)
-    ids = rng.integers(1000, min(20000, vocab), (batch, length)).astype(np.int32)
+    ids = rng.integers(min(1000, vocab // 4), min(20000, vocab), (batch, length))
+    ids = ids.astype(np.int32)
     return dict(input_ids=ids, label=rng.integers(0, 2, batch).astype(np.int32),
                 masked=rng.random((batch, length)) < MASK_RATE)
 
@@ -77,9 +79,12 @@ def build(name: str, head: str, dtype: str = "float32", remat: bool = False):
     import os
 
     from lmtransfer import hf
-    from lmtransfer.models import from_preset
+    from lmtransfer.hf import hub
+    from lmtransfer.models import PRESETS, from_preset, gpt, llama
     from lmtransfer.sharding import unbox
     path = hf.packaged_minilm() if name == "minilm" else name
+    if not os.path.isdir(path) and name not in {*PRESETS, *gpt.PRESETS, *llama.PRESETS}:
+        path = hub.resolve(path, "--model")  # presets win over hub ids of the same name
     if os.path.isdir(path):
         model, params = hf.load_pretrained(path, head=head, num_labels=2)
     else:
@@ -147,21 +152,23 @@ def lmtransfer_step(model, params, head, batch, length, devices=1):
 
 
 def torch_net(model, params):
-    """The PyTorch `transformers` twin of `model` (fp32) holding the same weights."""
+    """The PyTorch `transformers` twin of `model` (fp32, any family) holding the same
+    weights: the HF class an export would name, built from the exported config."""
     import torch
     import transformers
 
     from lmtransfer import hf
-    cls = (transformers.BertForMaskedLM if model.head == "mlm"
-           else transformers.BertForSequenceClassification)
-    net = cls(transformers.BertConfig(**{**hf.hf_config(model), "dtype": "float32"}))
+    cfg = {**hf.hf_config(model), "dtype": "float32"}
+    cls = getattr(transformers, cfg.pop("architectures")[0])
+    net = cls(transformers.AutoConfig.for_model(**cfg))
     tensors = {k: torch.from_numpy(v.astype(np.float32))
                for k, v in hf.to_hf_tensors(model, params).items()}
     missing, unexpected = net.load_state_dict(tensors, strict=False)
-    tied = {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
+    tied = set(getattr(net, "_tied_weights_keys", None) or ())  # copies of the word table
     if unexpected or set(missing) - tied:
         raise RuntimeError(f"weights do not match {cls.__name__}: missing {missing}, "
                            f"unexpected {unexpected}")
+    net.tie_weights()
     return net.to("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -221,7 +228,7 @@ def torch_step(net, model, batch, length, dtype="float32"):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="minilm", help="minilm, a preset or an HF BERT dir")
+    p.add_argument("--model", default="minilm", help="minilm, a preset, an HF BERT dir or a hub id")
     p.add_argument("--head", default="classification", choices=HEADS)
     p.add_argument("--batch", default="32", help="batch size, or one per length")
     p.add_argument("--lengths", default="128", help="sequence lengths, comma-separated")

@@ -11,6 +11,7 @@ import importlib
 import json
 import logging
 import os
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -113,7 +114,13 @@ def main(argv):
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     init_distributed(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
                      _PROCESS_ID.value, _INIT_TIMEOUT.value, _HEARTBEAT.value)
-    run(_CONFIG.value, os.path.abspath(os.path.expanduser(_WORKDIR.value)), _OVERWRITE.value)
+    from lmtransfer.hf.hub import HubError
+
+    try:
+        run(_CONFIG.value, os.path.abspath(os.path.expanduser(_WORKDIR.value)), _OVERWRITE.value)
+    except HubError as e:  # a model id that can't be fetched: one line, like a bad flag
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,13 @@ def load_tokenizer(path: str):
     """`AutoTokenizer.from_pretrained(path)` offline, and it must be a fast tokenizer.
 
     (transformers 5 `BertTokenizer(vocab_file=...)` silently builds a 5-token vocabulary, so
-    tokenizers are only ever loaded from a directory.)
+    tokenizers are only ever loaded from a directory; a hub id is fetched to one first.)
     """
     from transformers import AutoTokenizer
 
+    from lmtransfer.hf import hub
+
+    path = hub.resolve(path, "path", weights=False)  # a hub id -> its cached snapshot dir
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: not a directory with tokenizer files "
                                 "(tokenizer.json or vocab.txt)")
@@ -50,6 +53,35 @@ def set_padding(tok, pad_token: str = "", key: str = "config.model.pad_token"):
                          f"one of its tokens (e.g. its eos token {tok.eos_token!r}: padded "
                          "positions are masked, so any token the model knows will do)")
     tok.padding_side = "right"
+    return tok
+
+
+def word_tokenizer(tok):
+    """`tok` for pre-split words (`tok(words, is_split_into_words=True)`, as NER does): every
+    word must get the pieces it has inside running text, i.e. after a space. Byte-level BPE
+    (GPT-2, RoBERTa, ModernBERT) and SentencePiece's Metaspace with prepend_scheme "never"
+    see a word start only in that space, so they get a copy of `tok` that puts one before
+    every word (RoBERTa's `add_prefix_space=True`, which transformers 5 neither demands for
+    pre-split words nor applies to a plain tokenizer.json such as ModernBERT's). WordPiece
+    ignores spaces and Metaspace otherwise marks every word with "▁": `tok` itself."""
+    import copy
+    import json
+
+    from tokenizers import normalizers
+
+    pre = tok.backend_tokenizer.pre_tokenizer
+    state = json.loads(pre.__getstate__()) if pre is not None else {"type": None}
+    members = state["pretokenizers"] if state["type"] == "Sequence" else [state]
+    if not any(m["type"] == "ByteLevel" or m.get("prepend_scheme") == "never"
+               for m in members):
+        return tok
+    # A last normalizer rather than ByteLevel's own add_prefix_space, which would also space
+    # every piece that a Split before it makes (Llama-3-style pre-tokenizers).
+    tok = copy.deepcopy(tok)
+    backend, space = tok.backend_tokenizer, normalizers.Prepend(" ")
+    backend.normalizer = (space if backend.normalizer is None
+                          else normalizers.Sequence([backend.normalizer, space]))
+    log.info("pre-split words are tokenized after a space, their form inside a sentence")
     return tok
 
 

@@ -62,3 +62,17 @@ def test_llama_matmul_weights_equal_its_kernels():
     kernels = [np.prod(x.shape) for path, x in jax.tree_util.tree_flatten_with_path(
         params["params"])[0] if path[-1].key == "kernel"]
     assert perf.matmul_weights(model) == sum(kernels)
+
+
+@pytest.mark.parametrize("family", ["roberta", "deberta-v2", "modernbert"])
+@pytest.mark.parametrize("head", ["classification", "mlm"])
+def test_bench_takes_any_family_dir(family, head, tmp_path, capsys):
+    """--model <HF dir> of another family: the peer is that family's transformers class, and
+    the two frameworks agree on the logits before anything is timed."""
+    from tests import encoder_models as em
+
+    em.make_torch(family, head, num_labels=2).save_pretrained(tmp_path)
+    bench.main(["--model", str(tmp_path), "--head", head, "--batch", "2", "--lengths", "8",
+                "--steps", "1", "--parity", "1e-4"])
+    out = capsys.readouterr().out
+    assert "| 8 | 2 | lmtransfer (JAX) |" in out and "| 8 | 2 | transformers (PyTorch) |" in out

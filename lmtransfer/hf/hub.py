@@ -61,10 +61,6 @@ def split_id(source: str) -> tuple[str, str | None] | None:
     return repo_id, revision or None
 
 
-def is_hub_id(source: str) -> bool:
-    return not os.path.exists(source) and split_id(source) is not None
-
-
 def resolve(source: str, key: str, *, weights: bool = True) -> str:
     """`source` unless it is a hub id (and not an existing local path); then the local
     snapshot dir of that id, downloaded into the HF cache if needed (weights only when
@@ -76,9 +72,11 @@ def resolve(source: str, key: str, *, weights: bool = True) -> str:
         return source
     from huggingface_hub import constants
 
-    memo = (source, os.path.abspath(constants.HF_HUB_CACHE), weights)
-    if memo in _resolved and os.path.isdir(_resolved[memo]):
-        return _resolved[memo]
+    cache = os.path.abspath(constants.HF_HUB_CACHE)
+    memo = (source, cache, weights)
+    hit = _resolved.get(memo) or (not weights and _resolved.get((source, cache, True)))
+    if hit and os.path.isdir(hit):
+        return hit
     repo_id, revision = parsed
     try:
         path = _snapshot(repo_id, revision, weights)

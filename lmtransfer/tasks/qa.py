@@ -163,7 +163,9 @@ class QaTask(Task):
             i, j = np.unravel_index(np.argmax(score), score.shape)
             if score[i, j] > b["score"]:
                 s, t = e["offsets"][top_s[i]][0], e["offsets"][top_e[j]][1]
-                b.update(text=q["context"][s:t], score=float(score[i, j]))
+                # Byte-level BPE without trim_offsets (GPT-2, ModernBERT) and SentencePiece
+                # ("▁word", a lone "▁") offsets include the space before a word.
+                b.update(text=q["context"][s:t].strip(), score=float(score[i, j]))
         out, v2 = {}, self.versions.get(split.name) == "2.0"
         for q, b in zip(split.records, best, strict=True):
             odds = b["null"] - b["score"]

@@ -6,10 +6,11 @@ Sources (`config.data.source`):
          `config.data.tag_column` (last by default); labels discovered from the training file
   tfds   `conll2003` through `tfds.data_source`
 
-Words are tokenized into sub-words; the word's label sits on its first sub-word and the other
-sub-words are left out of the loss (`config.data.label_all_subwords=True` labels them too, with
-B-X continued as I-X). A word is always predicted from its first sub-word. A word that
-tokenizes to nothing is predicted "O" (counted and logged). A sentence longer than max_length
+Words are tokenized into sub-words (in their mid-sentence form: byte-level BPE puts a space
+before each); the word's label sits on its first sub-word and the other sub-words are left out
+of the loss (`config.data.label_all_subwords=True` labels them too, with B-X continued as
+I-X). A word is always predicted from its first sub-word. A word that tokenizes to nothing is
+predicted "O" (counted and logged). A sentence longer than max_length
 is cut into consecutive windows at word boundaries, so every word is predicted exactly once.
 Metrics are entity-level (seqeval; conlleval-compatible by default, `config.data.entity_mode=
 strict` with `config.data.tag_scheme` for strict chunks).
@@ -45,6 +46,8 @@ class TokenClassificationTask(Task):
         self.max_length = config.data.max_length
         # [CLS] ... [SEP] for BERT, <bos> ... for Llama, nothing for GPT-2.
         self.prefix, self.suffix = tokenization.special_tokens(tokenizer)
+        # Words in their mid-sentence form (byte-level BPE: after a space).
+        self.word_tokenizer = tokenization.word_tokenizer(tokenizer)
         self._specials = len(self.prefix) + len(self.suffix)
         check_source(self.data, ("files", "tfds"))
         self._raw: dict[str, list[conll.Sentence]] = {}
@@ -95,7 +98,7 @@ class TokenClassificationTask(Task):
         return self._cache[split]
 
     def _featurize(self, split: str, sentences: list[conll.Sentence]) -> Split:
-        tok, cap = self.tokenizer, self.max_length - self._specials
+        tok, cap = self.word_tokenizer, self.max_length - self._specials
         enc = tok([s.words for s in sentences], is_split_into_words=True,
                   add_special_tokens=False)
         labelled = all(t is not None for s in sentences for t in s.tags)
