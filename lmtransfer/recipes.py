@@ -11,7 +11,8 @@ PAPER_LRS = (5e-5, 4e-5, 3e-5, 2e-5)
 
 def apply_model(c, model: str) -> None:
     """model=minilm | a preset (tiny, gpt-tiny, llama-tiny, ...: random init) | an HF
-    checkpoint dir or lmtransfer workdir (BERT or decoder)."""
+    checkpoint dir, a Hugging Face Hub id (`roberta-base`, `org/name@rev`) or an lmtransfer
+    workdir, of any family (resolved by lmtransfer.train.init)."""
     from lmtransfer.models import bert, gpt, llama
 
     if model in bert.PRESETS or model in gpt.PRESETS or model in llama.PRESETS:

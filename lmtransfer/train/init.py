@@ -53,6 +53,15 @@ def load_tokenizer(config, workdir: str | None = None):
                                     config.model.get("pad_token", ""))
 
 
+def keep_tokenizer(tokenizer, workdir: str) -> None:
+    """Saves the run's tokenizer as `<workdir>/tokenizer` (once, written whole), so
+    `init_from=<workdir>` later tokenizes as this run did wherever its source now is."""
+    out = os.path.join(workdir, "tokenizer")
+    if jax.process_index() == 0 and not os.path.isdir(out):
+        with hf.atomic_dir(out) as tmp:
+            tokenizer.save_pretrained(tmp)
+
+
 def config_overrides(config) -> dict:
     m = config.model
     out = dict(dtype=m.dtype, param_dtype=m.param_dtype, attention=m.attention, remat=m.remat)

@@ -89,6 +89,7 @@ def train(config, workdir: str) -> dict:
         raise ValueError(f"config.train.batch_size={t.batch_size} must split into "
                          f"grad_accum={t.grad_accum} microbatches divisible by data x fsdp")
     tokenizer = init.load_tokenizer(config, workdir)
+    init.keep_tokenizer(tokenizer, workdir)
     task = make_task(config, tokenizer, workdir)
     buckets = eval_lib.buckets(config)
     train_split = task.load("train")
