@@ -3,15 +3,23 @@ tokens/s becomes TFLOP/s per device and MFU (model FLOPs utilisation) the same w
 framework and device.
 
 FLOPs per token of a training step (forward + backward = 3 x forward):
-  6 x (weights of every matmul, the output projection included; embedding lookups are free;
-       the MLM decoder counts only at the positions it runs on)
-  + 12 x layers x length x hidden   (attention scores QK^T and the weighted sum PV)
-Causal attention is counted in full, as PaLM's MFU does.
+  6 x (weights of every matmul, read from the model's kernels, any family: the output
+       projection included, tied or not; embedding lookups are free; a shared layer counts
+       per use; the MLM decoder counts only at the positions it runs on)
+  + 12 x layer runs x length x hidden   (attention scores QK^T and the weighted sum PV)
+  + DeBERTa: 12 x layer runs x att_span x hidden per relative-attention type (c2p, p2c)
+Causal and sliding-window attention are counted in full, as PaLM's MFU does.
 """
 
 from __future__ import annotations
 
+import math
+
 import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+from lmtransfer import sharding
 
 # Dense bf16 peak FLOP/s per device kind (jax device_kind), for MFU.
 PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5p": 459e12,
@@ -19,35 +27,59 @@ PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5p": 459e12,
               "NVIDIA A100-SXM4-80GB": 312e12}
 
 
+def _params(model) -> dict[tuple, jax.ShapeDtypeStruct]:
+    abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 2), jnp.int32))
+    return traverse_util.flatten_dict(sharding.unbox(abstract)["params"])
+
+
+def _decodes(model) -> bool:
+    """Does the head emit logits over the vocabulary (MLM, LM)?"""
+    if model.head is None:
+        return False
+    out, _ = jax.eval_shape(model.init_with_output, jax.random.key(0),
+                            jnp.zeros((1, 2), jnp.int32))
+    logits = getattr(out, "logits", None)
+    return logits is not None and logits.ndim == 3 and logits.shape[-1] == model.config.vocab_size
+
+
 def matmul_weights(model, decoded_fraction: float = 1.0) -> float:
-    """Weights that take part in a matmul per token for `model` (Bert or Gpt with its head);
-    the MLM head counts for `decoded_fraction` of the tokens (it runs at the masked ones)."""
-    c = model.config
-    h, layers = c.hidden_size, c.num_hidden_layers
-    q = c.num_attention_heads * c.head_dim
-    kv = getattr(c, "kv_heads", c.num_attention_heads) * c.head_dim  # grouped-query: fewer
-    mlp = 3 if getattr(c, "mlp", "standard") == "gated" else 2  # SwiGLU: gate, up, down
-    n = layers * (2 * h * q + 2 * h * kv + mlp * h * c.intermediate_size)
-    head = model.head
-    if head == "lm":  # tied or untied, the output projection is one matmul
-        n += h * c.vocab_size
-    if head in ("mlm", "pretraining"):
-        n += (h * c.vocab_size + h * h) * decoded_fraction  # decoder + transform
-    if model.arch == "bert" and model.has_pooler:
-        n += h * h
-    if head in ("classification", "token_classification"):
-        n += h * model.num_labels
-    if head == "qa":
-        n += 2 * h
+    """Weights that take part in a matmul per token for `model` (any family, with its head),
+    read from its kernels (embedding lookups are free): a shared layer counts once per use
+    (ALBERT's `module_uses`); the head of an MLM / LM counts for `decoded_fraction` of the
+    tokens (it runs at the masked ones), and a decoder tied to the word table adds that
+    table. Heads on one token (pooler, classifier) are counted per token, a small overcount."""
+    params = _params(model)
+    base = set(_params(model.clone(head=None))) if model.head is not None else set(params)
+    uses = model.module_uses() if hasattr(model, "module_uses") else {}
+    decodes, vocab = _decodes(model), model.config.vocab_size
+    n, untied = 0.0, False
+    for path, x in params.items():
+        if path[-1] != "kernel":
+            continue
+        in_head = path not in base
+        untied |= in_head and x.shape[-1] == vocab
+        n += math.prod(x.shape) * uses.get(path[0], 1) * (
+            decoded_fraction if decodes and in_head else 1)
+    if decodes and not untied:  # the tied decoder: logits = h @ table.T
+        width = next(x.shape[1] for p, x in params.items()
+                     if p[-1] == "embedding" and x.shape[0] == vocab)
+        n += vocab * width * decoded_fraction
     return n
 
 
 def train_flops_per_token(model, length: int, decoded: int | None = None) -> float:
-    """Training FLOPs per token at `length`; `decoded`: MLM positions decoded per row."""
+    """Training FLOPs per token at `length`; `decoded`: MLM positions decoded per row.
+    Attention scores and the weighted sum count for every layer run; DeBERTa adds one
+    score matmul per relative-attention type over its 2 x att_span relative positions."""
     c = model.config
     fraction = 1.0 if decoded is None else decoded / length
+    uses = model.module_uses() if hasattr(model, "module_uses") else {}
+    layer_runs = sum(uses.values()) or c.num_hidden_layers
+    width = c.num_attention_heads * c.head_dim
+    relative = len(getattr(c, "pos_att_type", ())) * 2 * getattr(c, "att_span", 0) \
+        if getattr(c, "relative_attention", False) else 0
     return (6 * matmul_weights(model, fraction)
-            + 12 * c.num_hidden_layers * length * c.num_attention_heads * c.head_dim)
+            + 12 * layer_runs * length * width + 6 * layer_runs * relative * width)
 
 
 def peak_flops(device=None) -> float | None:

@@ -76,3 +76,35 @@ def test_bench_takes_any_family_dir(family, head, tmp_path, capsys):
                 "--steps", "1", "--parity", "1e-4"])
     out = capsys.readouterr().out
     assert "| 8 | 2 | lmtransfer (JAX) |" in out and "| 8 | 2 | transformers (PyTorch) |" in out
+
+
+_WIDE = dict(hidden_size=128, intermediate_size=512, num_attention_heads=4, vocab_size=512,
+             max_position_embeddings=128)
+_WIDE_KW = {"distilbert": dict(dim=128, hidden_dim=512, n_heads=4, vocab_size=512,
+                               max_position_embeddings=128),
+            "electra": dict(_WIDE, embedding_size=64),
+            "albert": dict(_WIDE, embedding_size=64, num_hidden_groups=2, inner_group_num=2)}
+
+
+@pytest.mark.parametrize("family", ["roberta", "distilbert", "electra", "albert", "deberta-v2",
+                                    "modernbert"])
+def test_analytic_flops_of_every_family_match_xla(family):
+    """The analytic forward FLOPs (kernels, the tied decoder, ALBERT's shared layers per
+    use, DeBERTa's relative scores, ModernBERT's GeGLU) are 85-105% of what XLA counts in
+    the compiled forward (XLA adds the elementwise work: norms, softmax, activations)."""
+    import jax
+    import jax.numpy as jnp
+
+    from lmtransfer import hf
+    from tests import encoder_models as em
+
+    cfg = em.hf_config(family, **_WIDE_KW.get(family, _WIDE)).to_dict()
+    fam = hf.family_for_config(cfg)
+    model = fam.make_model(fam.config_from_hf(cfg), "mlm", 2)
+    ids = jnp.ones((2, 64), jnp.int32)
+    params = jax.eval_shape(model.init, jax.random.key(0), ids)
+    cost = jax.jit(lambda p, x: model.apply(p, x).logits).lower(params, ids).compile()
+    cost = cost.cost_analysis()
+    xla = (cost[0] if isinstance(cost, list) else cost)["flops"]
+    ours = perf.train_flops_per_token(model, 64) / 3 * ids.size
+    assert 0.85 < ours / xla < 1.05, ours / xla

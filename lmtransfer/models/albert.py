@@ -111,6 +111,16 @@ class Albert(nn.Module):
     def has_pooler(self) -> bool:
         return self.head not in _NO_POOLER
 
+    def module_uses(self) -> dict[str, int]:
+        """How often each shared layer runs per forward: the weights are shared, the compute
+        is not (lmtransfer.perf counts FLOPs with it)."""
+        c, uses = self.config, {}
+        for depth in range(c.num_hidden_layers):
+            for j in range(c.inner_group_num):
+                name = f"shared_layer_{c.group_of(depth) * c.inner_group_num + j}"
+                uses[name] = uses.get(name, 0) + 1
+        return uses
+
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
                  deterministic: bool = True, segment_ids=None,
