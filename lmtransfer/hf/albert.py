@@ -32,8 +32,8 @@ MODULES = (
     ("shared_layer_{i}/output_layer_norm", f"{_LAYER}.full_layer_layer_norm", "norm"),
     ("pooler", "pooler", "dense"),
     # Heads: top-level in HF (never under `albert.`); may be created fresh.
-    ("predictions/dense", "predictions.dense", "dense"),
-    ("predictions/layer_norm", "predictions.LayerNorm", "norm"),
+    ("predictions/transform", "predictions.dense", "dense"),
+    ("predictions/transform_layer_norm", "predictions.LayerNorm", "norm"),
     ("predictions", "predictions", "bias"),  # the decoder's weight is the word table
     ("sop_classifier", "sop_classifier.classifier", "dense"),
     ("classifier", "classifier", "dense"),

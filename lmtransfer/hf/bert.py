@@ -7,19 +7,25 @@ import re
 from lmtransfer.hf.convert import Family
 from lmtransfer.models.bert import Bert, BertConfig
 
-MODULES = (
+# BERT's embeddings and layers, shared by the families with its layout (RoBERTa, ELECTRA).
+EMBEDDING_ROWS = (
     ("embeddings/word_embeddings", "embeddings.word_embeddings", "embed"),
     ("embeddings/position_embeddings", "embeddings.position_embeddings", "embed"),
     ("embeddings/token_type_embeddings", "embeddings.token_type_embeddings", "embed"),
     ("embeddings/layer_norm", "embeddings.LayerNorm", "norm"),
-    ("layer_{i}/attention/query", "encoder.layer.{i}.attention.self.query", "split_heads"),
-    ("layer_{i}/attention/key", "encoder.layer.{i}.attention.self.key", "split_heads"),
-    ("layer_{i}/attention/value", "encoder.layer.{i}.attention.self.value", "split_heads"),
-    ("layer_{i}/attention/out", "encoder.layer.{i}.attention.output.dense", "merge_heads"),
-    ("layer_{i}/attention_layer_norm", "encoder.layer.{i}.attention.output.LayerNorm", "norm"),
-    ("layer_{i}/mlp/wi", "encoder.layer.{i}.intermediate.dense", "dense"),
-    ("layer_{i}/mlp/wo", "encoder.layer.{i}.output.dense", "dense"),
-    ("layer_{i}/output_layer_norm", "encoder.layer.{i}.output.LayerNorm", "norm"),
+)
+_L = "encoder.layer.{i}"
+LAYER_ROWS = (
+    ("layer_{i}/attention/query", f"{_L}.attention.self.query", "split_heads"),
+    ("layer_{i}/attention/key", f"{_L}.attention.self.key", "split_heads"),
+    ("layer_{i}/attention/value", f"{_L}.attention.self.value", "split_heads"),
+    ("layer_{i}/attention/out", f"{_L}.attention.output.dense", "merge_heads"),
+    ("layer_{i}/attention_layer_norm", f"{_L}.attention.output.LayerNorm", "norm"),
+    ("layer_{i}/mlp/wi", f"{_L}.intermediate.dense", "dense"),
+    ("layer_{i}/mlp/wo", f"{_L}.output.dense", "dense"),
+    ("layer_{i}/output_layer_norm", f"{_L}.output.LayerNorm", "norm"),
+)
+MODULES = EMBEDDING_ROWS + LAYER_ROWS + (
     ("pooler", "pooler.dense", "dense"),
     # Heads: top-level in HF (never under the `bert.` prefix); may be created fresh.
     ("mlm/transform", "cls.predictions.transform.dense", "dense"),

@@ -6,28 +6,17 @@ from __future__ import annotations
 
 import dataclasses
 
+from lmtransfer.hf import bert
 from lmtransfer.hf.convert import Family, require
 from lmtransfer.models import layers
 from lmtransfer.models.electra import Electra, ElectraConfig
 
-_LAYER = "encoder.layer.{i}"
-MODULES = (
-    ("embeddings/word_embeddings", "embeddings.word_embeddings", "embed"),
-    ("embeddings/position_embeddings", "embeddings.position_embeddings", "embed"),
-    ("embeddings/token_type_embeddings", "embeddings.token_type_embeddings", "embed"),
-    ("embeddings/layer_norm", "embeddings.LayerNorm", "norm"),
+MODULES = bert.EMBEDDING_ROWS + (
     ("embeddings_project", "embeddings_project", "dense"),
-    ("layer_{i}/attention/query", f"{_LAYER}.attention.self.query", "split_heads"),
-    ("layer_{i}/attention/key", f"{_LAYER}.attention.self.key", "split_heads"),
-    ("layer_{i}/attention/value", f"{_LAYER}.attention.self.value", "split_heads"),
-    ("layer_{i}/attention/out", f"{_LAYER}.attention.output.dense", "merge_heads"),
-    ("layer_{i}/attention_layer_norm", f"{_LAYER}.attention.output.LayerNorm", "norm"),
-    ("layer_{i}/mlp/wi", f"{_LAYER}.intermediate.dense", "dense"),
-    ("layer_{i}/mlp/wo", f"{_LAYER}.output.dense", "dense"),
-    ("layer_{i}/output_layer_norm", f"{_LAYER}.output.LayerNorm", "norm"),
+) + bert.LAYER_ROWS + (
     # Heads: top-level in HF (never under `electra.`); may be created fresh.
-    ("generator_predictions/dense", "generator_predictions.dense", "dense"),
-    ("generator_predictions/layer_norm", "generator_predictions.LayerNorm", "norm"),
+    ("generator_predictions/transform", "generator_predictions.dense", "dense"),
+    ("generator_predictions/transform_layer_norm", "generator_predictions.LayerNorm", "norm"),
     ("generator_predictions", "generator_lm_head", "bias"),  # its weight: the word table
     ("discriminator_predictions/dense", "discriminator_predictions.dense", "dense"),
     ("discriminator_predictions/dense_prediction", "discriminator_predictions.dense_prediction",

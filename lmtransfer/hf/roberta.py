@@ -5,28 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 
+from lmtransfer.hf import bert
 from lmtransfer.hf.convert import Family, require
 from lmtransfer.hf.electra import refuse_unsupported
 from lmtransfer.models.roberta import Roberta, RobertaConfig
 
-_LAYER = "encoder.layer.{i}"
-MODULES = (
-    ("embeddings/word_embeddings", "embeddings.word_embeddings", "embed"),
-    ("embeddings/position_embeddings", "embeddings.position_embeddings", "embed"),
-    ("embeddings/token_type_embeddings", "embeddings.token_type_embeddings", "embed"),
-    ("embeddings/layer_norm", "embeddings.LayerNorm", "norm"),
-    ("layer_{i}/attention/query", f"{_LAYER}.attention.self.query", "split_heads"),
-    ("layer_{i}/attention/key", f"{_LAYER}.attention.self.key", "split_heads"),
-    ("layer_{i}/attention/value", f"{_LAYER}.attention.self.value", "split_heads"),
-    ("layer_{i}/attention/out", f"{_LAYER}.attention.output.dense", "merge_heads"),
-    ("layer_{i}/attention_layer_norm", f"{_LAYER}.attention.output.LayerNorm", "norm"),
-    ("layer_{i}/mlp/wi", f"{_LAYER}.intermediate.dense", "dense"),
-    ("layer_{i}/mlp/wo", f"{_LAYER}.output.dense", "dense"),
-    ("layer_{i}/output_layer_norm", f"{_LAYER}.output.LayerNorm", "norm"),
+MODULES = bert.EMBEDDING_ROWS + bert.LAYER_ROWS + (
     ("pooler", "pooler.dense", "dense"),
     # Heads: top-level in HF (never under `roberta.`); may be created fresh.
-    ("lm_head/dense", "lm_head.dense", "dense"),
-    ("lm_head/layer_norm", "lm_head.layer_norm", "norm"),
+    ("lm_head/transform", "lm_head.dense", "dense"),
+    ("lm_head/transform_layer_norm", "lm_head.layer_norm", "norm"),
     ("lm_head", "lm_head", "bias"),  # its decoder weight: the word table
     ("classifier/dense", "classifier.dense", "dense"),  # sequence classification
     ("classifier/out_proj", "classifier.out_proj", "dense"),

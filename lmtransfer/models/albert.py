@@ -21,13 +21,13 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from lmtransfer.models import layers
-from lmtransfer.models.bert import BertLayer, BertOutput, check_config, layer_class
+from lmtransfer.models.base import ConfigBase, Model, check_config
+from lmtransfer.models.bert import BertEmbeddings, BertLayer, BertOutput, layer_class
 from lmtransfer.models.electra import (
-    FactorizedEmbeddings,
-    FactorizedMlmHead,
     at_positions,
     encoder_inputs,
 )
+from lmtransfer.models.heads import MlmHead
 
 HEADS = (None, "mlm", "pretraining", "classification", "token_classification", "qa")
 # HF builds these heads on an AlbertModel without a pooler (add_pooling_layer=False).
@@ -35,7 +35,7 @@ _NO_POOLER = ("mlm", "token_classification", "qa")
 
 
 @dataclasses.dataclass(frozen=True)
-class AlbertConfig:
+class AlbertConfig(ConfigBase):
     """Architecture (HF `AlbertConfig` field names and defaults) plus lmtransfer's compute
     settings (the same as BertConfig's)."""
 
@@ -72,13 +72,6 @@ class AlbertConfig:
         if self.inner_group_num < 1:
             raise ValueError(f"inner_group_num={self.inner_group_num} must be >= 1")
 
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-    def replace(self, **kw) -> AlbertConfig:
-        return dataclasses.replace(self, **kw)
-
     def group_of(self, depth: int) -> int:
         """The layer group depth `depth` runs (HF's AlbertTransformer indexing)."""
         return int(depth / (self.num_hidden_layers / self.num_hidden_groups))
@@ -89,7 +82,7 @@ def _kw(c) -> dict:
                 param_dtype=jnp.dtype(c.param_dtype))
 
 
-class Albert(nn.Module):
+class Albert(Model):
     """ALBERT encoder with an optional task head (see HEADS): "pretraining" fills `logits`
     (MLM) and `seq_relationship_logits` (sentence order, `num_labels` wide as in HF).
 
@@ -97,15 +90,8 @@ class Albert(nn.Module):
     `mlm_positions` ([B, P]) runs the MLM decoder at those positions only."""
 
     config: AlbertConfig
-    head: str | None = None
-    num_labels: int = 2
     arch = "albert"
     HEADS = HEADS
-
-    def __post_init__(self):
-        if self.head not in HEADS:
-            raise ValueError(f"head={self.head!r}; use one of {HEADS}")
-        super().__post_init__()
 
     @property
     def has_pooler(self) -> bool:
@@ -129,7 +115,7 @@ class Albert(nn.Module):
         kw = _kw(c)
         token_type_ids, position_ids, mask = encoder_inputs(
             input_ids, attention_mask, token_type_ids, position_ids, segment_ids)
-        embeddings = FactorizedEmbeddings(c, name="embeddings")
+        embeddings = BertEmbeddings(c, name="embeddings")  # embedding_size wide
         x = embeddings(input_ids, token_type_ids, position_ids, deterministic)
         x = layers.dense(c.hidden_size, ("embed_out", "embed"),
                          name="embedding_hidden_mapping_in", **kw)(x)
@@ -163,7 +149,7 @@ def apply_head(head, c, num_labels, out, embeddings, deterministic, mlm_position
 
     if head in ("mlm", "pretraining"):
         h = at_positions(x, mlm_positions)
-        out = out.replace(logits=f32(FactorizedMlmHead(c, c.hidden_act, name="predictions")(
+        out = out.replace(logits=f32(MlmHead(c, c.embedding_size, name="predictions")(
             h, embeddings)))
     if head == "pretraining":  # AlbertSOPHead: dropout + classifier on the pooled output
         pooled = layers.Dropout(c.classifier_dropout_prob or 0.0)(

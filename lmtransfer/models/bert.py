@@ -17,32 +17,15 @@ import jax.numpy as jnp
 
 from lmtransfer.models import heads as heads_lib
 from lmtransfer.models import layers
+from lmtransfer.models.base import ConfigBase, Model
 
 HEADS = (None, "mlm", "nsp", "pretraining", "classification", "token_classification", "qa")
 # HF builds these heads on a BertModel without a pooler (add_pooling_layer=False).
 _NO_POOLER = ("mlm", "token_classification", "qa")
 
 
-def check_config(c) -> None:
-    """Checks a BertConfig / GptConfig's shared fields (heads, activation, attention, dtypes)."""
-    if not getattr(c, "attention_head_dim", 0) and c.hidden_size % c.num_attention_heads:
-        raise ValueError(f"hidden_size={c.hidden_size} is not divisible by "
-                         f"num_attention_heads={c.num_attention_heads}")
-    if c.hidden_act not in layers.ACTIVATIONS:
-        raise ValueError(f"hidden_act={c.hidden_act!r} is not supported; use one of "
-                         f"{sorted(layers.ACTIVATIONS)}")
-    if c.attention not in layers.ATTENTION_IMPLS:
-        raise ValueError(f"attention={c.attention!r}; use one of {layers.ATTENTION_IMPLS}")
-    for f in ("dtype", "param_dtype"):
-        try:
-            jnp.dtype(getattr(c, f))
-        except TypeError:
-            raise ValueError(f"{f}={getattr(c, f)!r} is not a dtype; use 'float32' or "
-                             "'bfloat16'") from None
-
-
 @dataclasses.dataclass(frozen=True)
-class BertConfig:
+class BertConfig(ConfigBase):
     """Architecture (HF `BertConfig` field names) plus lmtransfer's compute settings."""
 
     vocab_size: int = 30522
@@ -69,16 +52,6 @@ class BertConfig:
                  "intermediate_size", "hidden_act", "hidden_dropout_prob",
                  "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",
                  "layer_norm_eps", "initializer_range", "pad_token_id", "classifier_dropout")
-
-    def __post_init__(self):
-        check_config(self)
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-    def replace(self, **kw) -> BertConfig:
-        return dataclasses.replace(self, **kw)
 
     @classmethod
     def preset(cls, name: str, **overrides) -> BertConfig:
@@ -135,22 +108,28 @@ class BertOutput:
 
 
 class BertEmbeddings(nn.Module):
-    config: BertConfig
+    """Word + position (+ token-type) tables, LayerNorm, dropout: BERT's and, by config, the
+    encoders that share its layout (`embedding_size` narrower than hidden: ELECTRA's and
+    ALBERT's factorized tables, projected by the model; no `type_vocab_size`: DistilBERT)."""
+
+    config: Any
 
     def setup(self):
         c = self.config
         kw = dict(init_std=c.initializer_range, dtype=jnp.dtype(c.dtype),
                   param_dtype=jnp.dtype(c.param_dtype))
-        self.word_embeddings = layers.embed(c.vocab_size, c.hidden_size, ("vocab", "embed"),
+        width = getattr(c, "embedding_size", None) or c.hidden_size
+        self.word_embeddings = layers.embed(c.vocab_size, width, ("vocab", "embed"),
                                             name="word_embeddings", **kw)
         # Small tables stay replicated: a gather from an embed-sharded table makes XLA
         # rematerialise the whole activation to reach the batch sharding.
         self.position_embeddings = layers.embed(
-            c.max_position_embeddings, c.hidden_size, ("positions", None),
+            c.max_position_embeddings, width, ("positions", None),
             name="position_embeddings", **kw)
-        self.token_type_embeddings = layers.embed(
-            c.type_vocab_size, c.hidden_size, ("token_types", None),
-            name="token_type_embeddings", **kw)
+        if getattr(c, "type_vocab_size", 0):
+            self.token_type_embeddings = layers.embed(
+                c.type_vocab_size, width, ("token_types", None),
+                name="token_type_embeddings", **kw)
         self.layer_norm = layers.layer_norm(c.layer_norm_eps, kw["dtype"], kw["param_dtype"])
         self.dropout = layers.Dropout(c.hidden_dropout_prob)
 
@@ -159,8 +138,9 @@ class BertEmbeddings(nn.Module):
         # gathering from an fsdp-split table forces XLA to rematerialise the activation.
         table = layers.constrain(self.word_embeddings.embedding, ("vocab", None))
         words = jnp.take(table, input_ids, axis=0).astype(jnp.dtype(self.config.dtype))
-        x = (words + self.position_embeddings(position_ids)
-             + self.token_type_embeddings(token_type_ids))
+        x = words + self.position_embeddings(position_ids)
+        if getattr(self.config, "type_vocab_size", 0):
+            x = x + self.token_type_embeddings(token_type_ids)
         x = self.dropout(self.layer_norm(x), deterministic=deterministic)
         return layers.constrain(x, layers.ACT_BTE)
 
@@ -196,7 +176,7 @@ def layer_class(cls, remat: bool, deterministic_argnum: int = 3):
     return nn.remat(cls, static_argnums=(deterministic_argnum,)) if remat else cls
 
 
-class Bert(nn.Module):
+class Bert(Model):
     """BERT encoder with an optional task head (see HEADS).
 
     `segment_ids` ([B, T], 0 = padding, k = k-th packed document) replaces `attention_mask`
@@ -204,15 +184,8 @@ class Bert(nn.Module):
     ([B, P]) runs the MLM decoder at those positions only: logits are [B, P, vocab]."""
 
     config: BertConfig
-    head: str | None = None
-    num_labels: int = 2
     arch = "bert"
     HEADS = HEADS
-
-    def __post_init__(self):
-        if self.head not in HEADS:
-            raise ValueError(f"head={self.head!r}; use one of {HEADS}")
-        super().__post_init__()
 
     @property
     def has_pooler(self) -> bool:

@@ -26,7 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmtransfer.models import layers
-from lmtransfer.models.bert import BertOutput, check_config, layer_class
+from lmtransfer.models.base import ConfigBase, Model, check_config
+from lmtransfer.models.bert import BertOutput, layer_class
+from lmtransfer.models.heads import MlmHead
 
 HEADS = (None, "mlm", "classification", "token_classification", "qa")
 POS_ATT_TYPES = ("c2p", "p2c")
@@ -34,7 +36,7 @@ NORM_REL_EBD = ("none", "layer_norm")
 
 
 @dataclasses.dataclass(frozen=True)
-class DebertaV2Config:
+class DebertaV2Config(ConfigBase):
     """Architecture (HF `DebertaV2Config` field names and defaults, `cls_dropout` as
     classifier_dropout) plus lmtransfer's compute settings."""
 
@@ -92,10 +94,6 @@ class DebertaV2Config:
                              "them equal; use legacy=True")
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-    @property
     def embed_dim(self) -> int:
         return self.embedding_size or self.hidden_size
 
@@ -112,9 +110,6 @@ class DebertaV2Config:
     def att_span(self) -> int:
         """Relative positions run over [-att_span, att_span); the table has 2 * att_span rows."""
         return self.position_buckets if self.position_buckets > 0 else self.max_relative
-
-    def replace(self, **kw) -> DebertaV2Config:
-        return dataclasses.replace(self, **kw)
 
     @classmethod
     def preset(cls, name: str, **overrides) -> DebertaV2Config:
@@ -289,44 +284,14 @@ class DebertaV2Embeddings(nn.Module):
         return self.word_embeddings.attend(x)
 
 
-class MlmHead(nn.Module):
-    """HF's MLM head: dense (to `features`) + act + LayerNorm, then the tied word embeddings
-    + a bias."""
-
-    config: DebertaV2Config
-    features: int
-
-    @nn.compact
-    def __call__(self, x, embeddings):
-        c = self.config
-        kw = _kw(c)
-        h = layers.dense(self.features, ("embed", "embed_out"), name="transform", **kw)(x)
-        h = layers.ACTIVATIONS[c.hidden_act](h)
-        h = layers.layer_norm(c.layer_norm_eps, kw["dtype"], kw["param_dtype"],
-                              name="transform_layer_norm")(h)
-        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
-                                                               ("vocab",)),
-                          (c.vocab_size,), kw["param_dtype"])
-        logits = embeddings.attend(h.astype(kw["dtype"])) + bias.astype(kw["dtype"])
-        return layers.constrain(logits, ("activation_batch", "activation_length",
-                                         "activation_vocab"))
-
-
-class DebertaV2(nn.Module):
+class DebertaV2(Model):
     """DeBERTa-v2/v3 encoder with an optional task head (see HEADS). `token_type_ids` are
     used only when type_vocab_size > 0. `segment_ids` ([B, T], 0 = padding) replaces
     `attention_mask` for packed rows; relative positions are row positions either way."""
 
     config: DebertaV2Config
-    head: str | None = None
-    num_labels: int = 2
     arch = "deberta_v2"
     HEADS = HEADS
-
-    def __post_init__(self):
-        if self.head not in HEADS:
-            raise ValueError(f"head={self.head!r}; use one of {HEADS}")
-        super().__post_init__()
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,

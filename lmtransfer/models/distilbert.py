@@ -17,7 +17,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from lmtransfer.models import layers
-from lmtransfer.models.bert import BertOutput, check_config, layer_class
+from lmtransfer.models.base import ConfigBase, Model
+from lmtransfer.models.bert import BertEmbeddings, BertOutput, layer_class
 from lmtransfer.models.electra import at_positions, encoder_inputs
 from lmtransfer.models.heads import MlmHead
 
@@ -25,7 +26,7 @@ HEADS = (None, "mlm", "classification", "token_classification", "qa")
 
 
 @dataclasses.dataclass(frozen=True)
-class DistilBertConfig:
+class DistilBertConfig(ConfigBase):
     """Architecture (HF `DistilBertConfig` defaults, under BERT's field names) plus
     lmtransfer's compute settings (the same as BertConfig's)."""
 
@@ -48,54 +49,15 @@ class DistilBertConfig:
     attention: str = "auto"
     remat: bool = False
 
-    def __post_init__(self):
-        check_config(self)
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
     @property
     def layer_norm_eps(self) -> float:
         return 1e-12  # fixed in HF (every DistilBERT LayerNorm), not a config.json key
 
-    def replace(self, **kw) -> DistilBertConfig:
-        return dataclasses.replace(self, **kw)
 
 
 def _kw(c) -> dict:
     return dict(init_std=c.initializer_range, dtype=jnp.dtype(c.dtype),
                 param_dtype=jnp.dtype(c.param_dtype))
-
-
-class DistilBertEmbeddings(nn.Module):
-    """Word + position tables, LayerNorm, dropout (HF's `Embeddings`; no token types)."""
-
-    config: DistilBertConfig
-
-    def setup(self):
-        c = self.config
-        kw = _kw(c)
-        self.word_embeddings = layers.embed(c.vocab_size, c.hidden_size, ("vocab", "embed"),
-                                            name="word_embeddings", **kw)
-        # Small table stays replicated (see BertEmbeddings).
-        self.position_embeddings = layers.embed(
-            c.max_position_embeddings, c.hidden_size, ("positions", None),
-            name="position_embeddings", **kw)
-        self.layer_norm = layers.layer_norm(c.layer_norm_eps, kw["dtype"], kw["param_dtype"])
-        self.dropout = layers.Dropout(c.hidden_dropout_prob)
-
-    def __call__(self, input_ids, position_ids, deterministic):
-        # Gather from a table whose embed axis is whole (see BertEmbeddings).
-        table = layers.constrain(self.word_embeddings.embedding, ("vocab", None))
-        words = jnp.take(table, input_ids, axis=0).astype(jnp.dtype(self.config.dtype))
-        x = self.dropout(self.layer_norm(words + self.position_embeddings(position_ids)),
-                         deterministic=deterministic)
-        return layers.constrain(x, layers.ACT_BTE)
-
-    def attend(self, x):
-        """Logits against the (tied) word embeddings: the MLM vocab_projector."""
-        return self.word_embeddings.attend(x)
 
 
 class DistilBertLayer(nn.Module):
@@ -119,7 +81,7 @@ class DistilBertLayer(nn.Module):
         return layers.constrain(x, layers.ACT_BTE)
 
 
-class DistilBert(nn.Module):
+class DistilBert(Model):
     """DistilBERT encoder with an optional task head (see HEADS). `token_type_ids` is accepted
     and ignored (DistilBERT has no token types).
 
@@ -127,15 +89,8 @@ class DistilBert(nn.Module):
     `mlm_positions` ([B, P]) runs the MLM head at those positions only."""
 
     config: DistilBertConfig
-    head: str | None = None
-    num_labels: int = 2
     arch = "distilbert"
     HEADS = HEADS
-
-    def __post_init__(self):
-        if self.head not in HEADS:
-            raise ValueError(f"head={self.head!r}; use one of {HEADS}")
-        super().__post_init__()
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
@@ -144,8 +99,8 @@ class DistilBert(nn.Module):
         c = self.config
         _, position_ids, mask = encoder_inputs(input_ids, attention_mask, None, position_ids,
                                                segment_ids)
-        embeddings = DistilBertEmbeddings(c, name="embeddings")
-        x = embeddings(input_ids, position_ids, deterministic)
+        embeddings = BertEmbeddings(c, name="embeddings")  # no token types
+        x = embeddings(input_ids, None, position_ids, deterministic)
         layer = layer_class(DistilBertLayer, c.remat)
         for i in range(c.num_hidden_layers):
             x = layer(c, name=f"layer_{i}")(x, mask, deterministic)

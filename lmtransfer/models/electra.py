@@ -11,19 +11,20 @@ layers are BERT's (`lmtransfer.models.bert.BertLayer`). There is no pooler.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from lmtransfer.models import layers
-from lmtransfer.models.bert import BertLayer, BertOutput, check_config, layer_class
+from lmtransfer.models.base import ConfigBase, Model
+from lmtransfer.models.bert import BertEmbeddings, BertLayer, BertOutput, layer_class
+from lmtransfer.models.heads import MlmHead
 
 HEADS = (None, "mlm", "pretraining", "classification", "token_classification", "qa")
 
 
 @dataclasses.dataclass(frozen=True)
-class ElectraConfig:
+class ElectraConfig(ConfigBase):
     """Architecture (HF `ElectraConfig` field names and defaults) plus lmtransfer's compute
     settings (the same as BertConfig's)."""
 
@@ -48,77 +49,13 @@ class ElectraConfig:
     attention: str = "auto"
     remat: bool = False
 
-    def __post_init__(self):
-        check_config(self)
 
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
 
-    def replace(self, **kw) -> ElectraConfig:
-        return dataclasses.replace(self, **kw)
 
 
 def _kw(c) -> dict:
     return dict(init_std=c.initializer_range, dtype=jnp.dtype(c.dtype),
                 param_dtype=jnp.dtype(c.param_dtype))
-
-
-class FactorizedEmbeddings(nn.Module):
-    """Word + position + token-type tables `embedding_size` wide, LayerNorm, dropout (HF's
-    ElectraEmbeddings / AlbertEmbeddings); the projection to hidden is the model's."""
-
-    config: Any  # ElectraConfig or AlbertConfig
-
-    def setup(self):
-        c = self.config
-        kw = _kw(c)
-        self.word_embeddings = layers.embed(c.vocab_size, c.embedding_size, ("vocab", "embed"),
-                                            name="word_embeddings", **kw)
-        # Small tables stay replicated (see BertEmbeddings).
-        self.position_embeddings = layers.embed(
-            c.max_position_embeddings, c.embedding_size, ("positions", None),
-            name="position_embeddings", **kw)
-        self.token_type_embeddings = layers.embed(
-            c.type_vocab_size, c.embedding_size, ("token_types", None),
-            name="token_type_embeddings", **kw)
-        self.layer_norm = layers.layer_norm(c.layer_norm_eps, kw["dtype"], kw["param_dtype"])
-        self.dropout = layers.Dropout(c.hidden_dropout_prob)
-
-    def __call__(self, input_ids, token_type_ids, position_ids, deterministic):
-        table = layers.constrain(self.word_embeddings.embedding, ("vocab", None))
-        words = jnp.take(table, input_ids, axis=0).astype(jnp.dtype(self.config.dtype))
-        x = (words + self.position_embeddings(position_ids)
-             + self.token_type_embeddings(token_type_ids))
-        x = self.dropout(self.layer_norm(x), deterministic=deterministic)
-        return layers.constrain(x, layers.ACT_BTE)
-
-    def attend(self, x):
-        """Logits against the (tied) word embeddings: the MLM decoder."""
-        return self.word_embeddings.attend(x)
-
-
-class FactorizedMlmHead(nn.Module):
-    """dense (hidden -> embedding_size), activation, LayerNorm, then the decoder tied to the
-    word embeddings plus `bias` (ELECTRA's generator head; ALBERT's `predictions`)."""
-
-    config: Any
-    activation: str
-
-    @nn.compact
-    def __call__(self, x, embeddings):
-        c = self.config
-        kw = _kw(c)
-        h = layers.dense(c.embedding_size, ("embed", "embed_out"), name="dense", **kw)(x)
-        h = layers.ACTIVATIONS[self.activation](h)
-        h = layers.layer_norm(c.layer_norm_eps, kw["dtype"], kw["param_dtype"],
-                              name="layer_norm")(h)
-        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
-                                                               ("vocab",)),
-                          (c.vocab_size,), kw["param_dtype"])
-        logits = embeddings.attend(h.astype(kw["dtype"])) + bias.astype(kw["dtype"])
-        return layers.constrain(logits, ("activation_batch", "activation_length",
-                                         "activation_vocab"))
 
 
 def at_positions(x, mlm_positions):
@@ -174,7 +111,7 @@ class ClassificationHead(nn.Module):
         return layers.dense(self.num_labels, ("embed", "labels"), name="out_proj", **_kw(c))(h)
 
 
-class Electra(nn.Module):
+class Electra(Model):
     """ELECTRA encoder with an optional task head (see HEADS): "mlm" is the generator's head,
     "pretraining" the discriminator's replaced-token scores (`logits` [B, T]).
 
@@ -182,15 +119,8 @@ class Electra(nn.Module):
     `mlm_positions` ([B, P]) runs the MLM decoder at those positions only."""
 
     config: ElectraConfig
-    head: str | None = None
-    num_labels: int = 2
     arch = "electra"
     HEADS = HEADS
-
-    def __post_init__(self):
-        if self.head not in HEADS:
-            raise ValueError(f"head={self.head!r}; use one of {HEADS}")
-        super().__post_init__()
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
@@ -200,7 +130,7 @@ class Electra(nn.Module):
         kw = _kw(c)
         token_type_ids, position_ids, mask = encoder_inputs(
             input_ids, attention_mask, token_type_ids, position_ids, segment_ids)
-        embeddings = FactorizedEmbeddings(c, name="embeddings")
+        embeddings = BertEmbeddings(c, name="embeddings")  # embedding_size wide
         x = embeddings(input_ids, token_type_ids, position_ids, deterministic)
         if c.embedding_size != c.hidden_size:  # HF has the projection only then
             x = layers.dense(c.hidden_size, ("embed_out", "embed"), name="embeddings_project",
@@ -223,8 +153,8 @@ def apply_head(head, c, num_labels, out, embeddings, deterministic, mlm_position
     rate = c.hidden_dropout_prob if c.classifier_dropout is None else c.classifier_dropout
     if head == "mlm":  # the generator head: its activation is always (erf) gelu in HF
         h = at_positions(x, mlm_positions)
-        return out.replace(logits=f32(FactorizedMlmHead(
-            c, "gelu", name="generator_predictions")(h, embeddings)))
+        return out.replace(logits=f32(MlmHead(
+            c, c.embedding_size, "gelu", name="generator_predictions")(h, embeddings)))
     if head == "pretraining":  # discriminator: one replaced-token score per position
         score = DiscriminatorHead(c, name="discriminator_predictions")(x)
         return out.replace(logits=f32(score))

@@ -25,7 +25,8 @@ import jax.numpy as jnp
 
 from lmtransfer.models import heads as heads_lib
 from lmtransfer.models import layers
-from lmtransfer.models.bert import BertOutput, check_config, layer_class
+from lmtransfer.models.base import ConfigBase, Model, check_config
+from lmtransfer.models.bert import BertOutput, layer_class
 
 HEADS = (None, "lm", "classification", "token_classification", "qa")
 POSITIONS = ("learned", "rotary")
@@ -33,7 +34,7 @@ FAMILIES = ("gpt2", "llama", "mistral", "qwen2")  # the HF layout an export writ
 
 
 @dataclasses.dataclass(frozen=True)
-class GptConfig:
+class GptConfig(ConfigBase):
     vocab_size: int = 50257
     hidden_size: int = 768
     num_hidden_layers: int = 12
@@ -104,9 +105,6 @@ class GptConfig:
             return 0
         return self.sliding_window
 
-    def replace(self, **kw) -> GptConfig:
-        return dataclasses.replace(self, **kw)
-
     @classmethod
     def preset(cls, name: str, **overrides) -> GptConfig:
         from lmtransfer.models.llama import PRESETS as LLAMA
@@ -168,17 +166,12 @@ def init_cache(config: GptConfig, batch: int, length: int, dtype=jnp.float32):
                  for _ in range(config.num_hidden_layers))
 
 
-class Gpt(nn.Module):
+class Gpt(Model):
     config: GptConfig
     head: str | None = "lm"
     num_labels: int = 0
     arch = "gpt"
     HEADS = HEADS
-
-    def __post_init__(self):
-        if self.head not in HEADS:
-            raise ValueError(f"GPT head={self.head!r}; use one of {HEADS}")
-        super().__post_init__()
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,

@@ -7,29 +7,32 @@ lmtransfer.hf's tables).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from lmtransfer.models import layers
 
-if TYPE_CHECKING:
-    from lmtransfer.models.bert import BertConfig
-
 
 class MlmHead(nn.Module):
-    """transform (dense + act + LayerNorm) -> decoder tied to the word embeddings + bias."""
+    """transform (dense + act + LayerNorm) -> decoder tied to the word embeddings + bias:
+    BERT's, and every encoder family's MLM head (`features`: the transform's width, the
+    word table's when the family factorizes it; `activation`: where the family fixes one
+    rather than taking hidden_act)."""
 
-    config: BertConfig
+    config: Any
+    features: int | None = None  # None: hidden_size
+    activation: str | None = None  # None: config.hidden_act
 
     @nn.compact
     def __call__(self, x, embeddings):
         c = self.config
         dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
-        h = layers.dense(c.hidden_size, ("embed", "embed_out"), init_std=c.initializer_range,
-                         dtype=dtype, param_dtype=pdtype, name="transform")(x)
-        h = layers.ACTIVATIONS[c.hidden_act](h)
+        h = layers.dense(self.features or c.hidden_size, ("embed", "embed_out"),
+                         init_std=c.initializer_range, dtype=dtype, param_dtype=pdtype,
+                         name="transform")(x)
+        h = layers.ACTIVATIONS[self.activation or c.hidden_act](h)
         h = layers.layer_norm(c.layer_norm_eps, dtype, pdtype, name="transform_layer_norm")(h)
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
                                                                ("vocab",)),

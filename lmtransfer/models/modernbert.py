@@ -19,7 +19,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from lmtransfer.models import layers
-from lmtransfer.models.bert import BertOutput, check_config, layer_class
+from lmtransfer.models.base import ConfigBase, Model, check_config
+from lmtransfer.models.bert import BertOutput, layer_class
 
 HEADS = (None, "mlm", "classification", "token_classification", "qa")
 LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -33,7 +34,7 @@ def default_layer_types(num_layers: int, every_n: int = 3) -> tuple[str, ...]:
 
 
 @dataclasses.dataclass(frozen=True)
-class ModernBertConfig:
+class ModernBertConfig(ConfigBase):
     """Architecture (HF `ModernBertConfig` names and defaults, except: `hidden_act` is HF's
     hidden_activation, `attention_probs_dropout_prob` its attention_dropout,
     `hidden_dropout_prob` its mlp_dropout; the rotary thetas are per layer type) plus
@@ -92,18 +93,12 @@ class ModernBertConfig:
                              f"{POOLING}")
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-    @property
     def mlp(self) -> str:
         return "gated"  # for perf accounting: three MLP matmuls (wi, gate, wo)
 
     def sliding(self, i: int) -> bool:
         return self.layer_types[i] == "sliding_attention"
 
-    def replace(self, **kw) -> ModernBertConfig:
-        return dataclasses.replace(self, **kw)
 
 
 def _kw(c) -> dict:
@@ -227,7 +222,7 @@ def masks(c, attention_mask, segment_ids, length):
     return full, full & near[None, None]
 
 
-class ModernBert(nn.Module):
+class ModernBert(Model):
     """ModernBERT encoder with an optional task head (see HEADS). Has no token types:
     `token_type_ids` is accepted and ignored.
 
@@ -235,15 +230,8 @@ class ModernBert(nn.Module):
     `mlm_positions` ([B, P]) runs the MLM head at those positions only."""
 
     config: ModernBertConfig
-    head: str | None = None
-    num_labels: int = 2
     arch = "modernbert"
     HEADS = HEADS
-
-    def __post_init__(self):
-        if self.head not in HEADS:
-            raise ValueError(f"head={self.head!r}; use one of {HEADS}")
-        super().__post_init__()
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,

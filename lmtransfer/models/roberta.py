@@ -16,8 +16,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from lmtransfer.models import layers
+from lmtransfer.models.base import Model
 from lmtransfer.models.bert import BertConfig, BertEmbeddings, BertLayer, BertOutput, layer_class
 from lmtransfer.models.electra import at_positions, encoder_inputs
+from lmtransfer.models.heads import MlmHead
 
 HEADS = (None, "mlm", "classification", "token_classification", "qa")
 
@@ -41,26 +43,6 @@ class RobertaConfig(BertConfig):
 def _kw(c) -> dict:
     return dict(init_std=c.initializer_range, dtype=jnp.dtype(c.dtype),
                 param_dtype=jnp.dtype(c.param_dtype))
-
-
-class LmHead(nn.Module):
-    """HF RobertaLMHead: dense, gelu (erf), LayerNorm, the tied word table + bias."""
-
-    config: RobertaConfig
-
-    @nn.compact
-    def __call__(self, x, embeddings):
-        c = self.config
-        kw = _kw(c)
-        h = layers.dense(c.hidden_size, ("embed", "embed_out"), name="dense", **kw)(x)
-        h = layers.layer_norm(c.layer_norm_eps, kw["dtype"], kw["param_dtype"],
-                              name="layer_norm")(layers.ACTIVATIONS["gelu"](h))
-        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
-                                                               ("vocab",)),
-                          (c.vocab_size,), kw["param_dtype"])
-        logits = embeddings.attend(h.astype(kw["dtype"])) + bias.astype(kw["dtype"])
-        return layers.constrain(logits, ("activation_batch", "activation_length",
-                                         "activation_vocab"))
 
 
 class ClassificationHead(nn.Module):
@@ -88,7 +70,7 @@ def padding_positions(input_ids, pad_token_id: int):
     return jnp.cumsum(real, axis=-1) * real - 1
 
 
-class Roberta(nn.Module):
+class Roberta(Model):
     """RoBERTa / XLM-R encoder with an optional task head (see HEADS).
 
     `position_ids`, when given (packed pretraining rows), are 0-based like every lmtransfer
@@ -97,15 +79,8 @@ class Roberta(nn.Module):
     `mlm_positions` as in Bert."""
 
     config: RobertaConfig
-    head: str | None = None
-    num_labels: int = 2
     arch = "roberta"
     HEADS = HEADS
-
-    def __post_init__(self):
-        if self.head not in HEADS:
-            raise ValueError(f"head={self.head!r}; use one of {HEADS}")
-        super().__post_init__()
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
@@ -141,7 +116,7 @@ def apply_head(head, c, num_labels, out, embeddings, deterministic, mlm_position
     rate = c.hidden_dropout_prob if c.classifier_dropout is None else c.classifier_dropout
     if head == "mlm":
         h = at_positions(x, mlm_positions)
-        return out.replace(logits=f32(LmHead(c, name="lm_head")(h, embeddings)))
+        return out.replace(logits=f32(MlmHead(c, activation="gelu", name="lm_head")(h, embeddings)))
     if head == "classification":
         return out.replace(logits=f32(ClassificationHead(c, num_labels, rate,
                                                          name="classifier")(x, deterministic)))
