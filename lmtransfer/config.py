@@ -57,7 +57,11 @@ def finetune_config() -> ml_collections.ConfigDict:
     c.model.attention_probs_dropout_prob = -1.0
     c.optim = ml_collections.ConfigDict(dict(
         lr=2e-5, warmup_steps=0, warmup_ratio=0.1, decay="linear", weight_decay=0.01,
-        b1=0.9, b2=0.999, eps=1e-8, max_grad_norm=1.0))
+        b1=0.9, b2=0.999, eps=1e-8, max_grad_norm=1.0,
+        # A regex over parameter paths ("embeddings/"): those stay as they are.
+        freeze="",
+        # < 1: layer_{i} learns at lr x layer_decay^(layers - i), embeddings lowest.
+        layer_decay=1.0))
     c.train = ml_collections.ConfigDict(dict(
         batch_size=32, eval_batch_size=64, epochs=3.0, steps=0, grad_accum=1,
         eval_every=0, log_every=10, checkpoint_every=200, keep_checkpoints=2, export_hf=False,

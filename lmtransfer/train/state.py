@@ -31,8 +31,10 @@ def shardings(model, tx, mesh, rules) -> TrainState:
     param_sh = sharding_lib.param_shardings(boxed, mesh, rules)["params"]
     abs_opt = jax.eval_shape(tx.init, sharding_lib.unbox(boxed)["params"])
     replicated = sharding_lib.replicated(mesh)
-    opt_sh = optax.tree_map_params(tx, lambda _, s: s, abs_opt, param_sh,
-                                   transform_non_params=lambda _: replicated)
+    # Frozen parameters (optim.freeze) hold a MaskedNode, not a moment, in the state.
+    masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
+    opt_sh = optax.tree_map_params(tx, lambda x, s: x if masked(x) else s, abs_opt, param_sh,
+                                   transform_non_params=lambda _: replicated, is_leaf=masked)
     return TrainState(step=replicated, params=param_sh, opt_state=opt_sh)
 
 
