@@ -13,6 +13,7 @@ Causal and sliding-window attention are counted in full, as PaLM's MFU does.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -27,19 +28,38 @@ PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5p": 459e12,
               "NVIDIA A100-SXM4-80GB": 312e12}
 
 
-def _params(model) -> dict[tuple, jax.ShapeDtypeStruct]:
-    abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 2), jnp.int32))
-    return traverse_util.flatten_dict(sharding.unbox(abstract)["params"])
+@functools.lru_cache(maxsize=64)
+def _weights(model) -> tuple[float, float]:
+    """(matmul weights every token runs through, those only decoded positions run through),
+    read once per model from its kernels (the training loop asks every step)."""
+    def trace(m):
+        return jax.eval_shape(m.init_with_output, jax.random.key(0),
+                              jnp.zeros((1, 2), jnp.int32))
 
-
-def _decodes(model) -> bool:
-    """Does the head emit logits over the vocabulary (MLM, LM)?"""
-    if model.head is None:
-        return False
-    out, _ = jax.eval_shape(model.init_with_output, jax.random.key(0),
-                            jnp.zeros((1, 2), jnp.int32))
-    logits = getattr(out, "logits", None)
-    return logits is not None and logits.ndim == 3 and logits.shape[-1] == model.config.vocab_size
+    out, abstract = trace(model)
+    params = traverse_util.flatten_dict(sharding.unbox(abstract)["params"])
+    base = (set(traverse_util.flatten_dict(sharding.unbox(trace(model.clone(head=None))[1])
+                                           ["params"]))
+            if model.head is not None else set(params))
+    vocab = model.config.vocab_size
+    logits = getattr(out, "logits", None) if model.head is not None else None
+    decodes = logits is not None and logits.ndim == 3 and logits.shape[-1] == vocab
+    uses = model.module_uses() if hasattr(model, "module_uses") else {}
+    every, decoded, untied = 0.0, 0.0, False
+    for path, x in params.items():
+        if path[-1] != "kernel":
+            continue
+        in_head = path not in base
+        untied |= in_head and x.shape[-1] == vocab
+        n = math.prod(x.shape) * uses.get(path[0], 1)
+        if decodes and in_head:
+            decoded += n
+        else:
+            every += n
+    if decodes and not untied:  # the tied decoder: logits = h @ table.T
+        decoded += vocab * next(x.shape[1] for p, x in params.items()
+                                if p[-1] == "embedding" and x.shape[0] == vocab)
+    return every, decoded
 
 
 def matmul_weights(model, decoded_fraction: float = 1.0) -> float:
@@ -48,23 +68,8 @@ def matmul_weights(model, decoded_fraction: float = 1.0) -> float:
     (ALBERT's `module_uses`); the head of an MLM / LM counts for `decoded_fraction` of the
     tokens (it runs at the masked ones), and a decoder tied to the word table adds that
     table. Heads on one token (pooler, classifier) are counted per token, a small overcount."""
-    params = _params(model)
-    base = set(_params(model.clone(head=None))) if model.head is not None else set(params)
-    uses = model.module_uses() if hasattr(model, "module_uses") else {}
-    decodes, vocab = _decodes(model), model.config.vocab_size
-    n, untied = 0.0, False
-    for path, x in params.items():
-        if path[-1] != "kernel":
-            continue
-        in_head = path not in base
-        untied |= in_head and x.shape[-1] == vocab
-        n += math.prod(x.shape) * uses.get(path[0], 1) * (
-            decoded_fraction if decodes and in_head else 1)
-    if decodes and not untied:  # the tied decoder: logits = h @ table.T
-        width = next(x.shape[1] for p, x in params.items()
-                     if p[-1] == "embedding" and x.shape[0] == vocab)
-        n += vocab * width * decoded_fraction
-    return n
+    every, decoded = _weights(model)
+    return every + decoded * decoded_fraction
 
 
 def train_flops_per_token(model, length: int, decoded: int | None = None) -> float:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from lmtransfer.hf import bert
 from lmtransfer.hf.convert import Family, require
-from lmtransfer.hf.electra import refuse_unsupported
 from lmtransfer.models.albert import Albert, AlbertConfig
 
 _LAYER = "encoder.shared_layer.{i}"
@@ -85,7 +85,7 @@ def config_from_hf(hf, source="config.json", **overrides) -> AlbertConfig:
         raise ValueError(f"{source}: model_type is {hf.get('model_type')!r}, not 'albert'")
     require(hf, ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers",
                  "num_attention_heads", "intermediate_size"), source)
-    refuse_unsupported(hf, source)
+    bert.refuse_unsupported(hf, source)
     layers_n = hf["num_hidden_layers"]
     groups = hf.get("num_hidden_groups", 1)
     if not 1 <= groups <= layers_n:

@@ -1,10 +1,12 @@
-"""BERT <-> HF `Bert*` (BertModel and its six heads)."""
+"""BERT <-> HF `Bert*` (BertModel and its six heads), and what the families with BERT's
+layout share: its embedding and layer rows, the refusal of the options none implements."""
 
 from __future__ import annotations
 
 import re
 
 from lmtransfer.hf.convert import Family
+from lmtransfer.models import layers
 from lmtransfer.models.bert import Bert, BertConfig
 
 # BERT's embeddings and layers, shared by the families with its layout (RoBERTa, ELECTRA).
@@ -53,6 +55,25 @@ def _split(tensors, config):
     if "cls.predictions.bias" not in out and "cls.predictions.decoder.bias" in out:
         out["cls.predictions.bias"] = out["cls.predictions.decoder.bias"]
     return out
+
+
+def refuse_unsupported(hf: dict, source: str) -> None:
+    """The BERT-style options lmtransfer's BERT-layout families (RoBERTa, ELECTRA, ALBERT)
+    do not implement."""
+    pos = hf.get("position_embedding_type", "absolute")
+    if pos != "absolute":
+        raise ValueError(f"{source}: position_embedding_type={pos!r} is not supported "
+                         "(only 'absolute')")
+    for key in ("is_decoder", "add_cross_attention"):
+        if hf.get(key):
+            raise ValueError(f"{source}: {key}=true is not supported (encoder only)")
+    if hf.get("tie_word_embeddings", True) is False:
+        raise ValueError(f"{source}: tie_word_embeddings=false is not supported (the MLM "
+                         "decoder is the word embedding table)")
+    act = hf.get("hidden_act", "gelu")
+    if act not in layers.ACTIVATIONS:
+        raise ValueError(f"{source}: hidden_act={act!r} is not supported; lmtransfer has "
+                         f"{sorted(layers.ACTIVATIONS)}")
 
 
 FAMILY = Family(

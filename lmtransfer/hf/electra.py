@@ -8,7 +8,6 @@ import dataclasses
 
 from lmtransfer.hf import bert
 from lmtransfer.hf.convert import Family, require
-from lmtransfer.models import layers
 from lmtransfer.models.electra import Electra, ElectraConfig
 
 MODULES = bert.EMBEDDING_ROWS + (
@@ -40,30 +39,12 @@ FIELDS = tuple(f.name for f in dataclasses.fields(ElectraConfig)
                if f.name not in ("dtype", "param_dtype", "attention", "remat"))
 
 
-def refuse_unsupported(hf: dict, source: str) -> None:
-    """The BERT-style options lmtransfer's factorized encoders do not implement."""
-    pos = hf.get("position_embedding_type", "absolute")
-    if pos != "absolute":
-        raise ValueError(f"{source}: position_embedding_type={pos!r} is not supported "
-                         "(only 'absolute')")
-    for key in ("is_decoder", "add_cross_attention"):
-        if hf.get(key):
-            raise ValueError(f"{source}: {key}=true is not supported (encoder only)")
-    if hf.get("tie_word_embeddings", True) is False:
-        raise ValueError(f"{source}: tie_word_embeddings=false is not supported (the MLM "
-                         "decoder is the word embedding table)")
-    act = hf.get("hidden_act", "gelu")
-    if act not in layers.ACTIVATIONS:
-        raise ValueError(f"{source}: hidden_act={act!r} is not supported; lmtransfer has "
-                         f"{sorted(layers.ACTIVATIONS)}")
-
-
 def config_from_hf(hf, source="config.json", **overrides) -> ElectraConfig:
     if hf.get("model_type") != "electra":
         raise ValueError(f"{source}: model_type is {hf.get('model_type')!r}, not 'electra'")
     require(hf, ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers",
                  "num_attention_heads", "intermediate_size"), source)
-    refuse_unsupported(hf, source)
+    bert.refuse_unsupported(hf, source)
     kw = {f: hf[f] for f in FIELDS if hf.get(f) is not None}
     return ElectraConfig(**{**kw, **overrides})
 

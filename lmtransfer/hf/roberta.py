@@ -7,7 +7,6 @@ import dataclasses
 
 from lmtransfer.hf import bert
 from lmtransfer.hf.convert import Family, require
-from lmtransfer.hf.electra import refuse_unsupported
 from lmtransfer.models.roberta import Roberta, RobertaConfig
 
 MODULES = bert.EMBEDDING_ROWS + bert.LAYER_ROWS + (
@@ -36,7 +35,7 @@ def config_from_hf(hf, source="config.json", **overrides) -> RobertaConfig:
                          f"{sorted(_PREFIX)}")
     require(hf, ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                  "intermediate_size", "max_position_embeddings"), source)
-    refuse_unsupported(hf, source)
+    bert.refuse_unsupported(hf, source)
     kw = {f: hf[f] for f in FIELDS if hf.get(f) is not None}
     config = RobertaConfig(**{**kw, **overrides})
     if config.max_positions < 1:

@@ -21,12 +21,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from lmtransfer.models import layers
-from lmtransfer.models.base import ConfigBase, Model, check_config
+from lmtransfer.models.base import ConfigBase, Model, at_positions, check_config, encoder_inputs
 from lmtransfer.models.bert import BertEmbeddings, BertLayer, BertOutput, layer_class
-from lmtransfer.models.electra import (
-    at_positions,
-    encoder_inputs,
-)
 from lmtransfer.models.heads import MlmHead
 
 HEADS = (None, "mlm", "pretraining", "classification", "token_classification", "qa")

@@ -64,3 +64,25 @@ class Model(nn.Module):
         if self.head not in self.HEADS:
             raise ValueError(f"{self.arch} head={self.head!r}; use one of {self.HEADS}")
         super().__post_init__()
+
+
+def at_positions(x, mlm_positions):
+    """[B, T, E] -> [B, P, E] at `mlm_positions` (all of x when None)."""
+    if mlm_positions is None:
+        return x
+    return jnp.take_along_axis(x, mlm_positions[..., None], axis=1)
+
+
+def encoder_inputs(input_ids, attention_mask, token_type_ids, position_ids, segment_ids):
+    """Defaults for the optional inputs and the boolean attention mask."""
+    if attention_mask is None:
+        attention_mask = jnp.ones_like(input_ids)
+    if token_type_ids is None:
+        token_type_ids = jnp.zeros_like(input_ids)
+    if position_ids is None:
+        position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
+    if segment_ids is not None:
+        mask = layers.attention_mask(segment_ids)
+    else:  # [B, T] padding mask -> [B, 1, 1, T] for attention over keys.
+        mask = attention_mask.astype(bool)[:, None, None, :]
+    return token_type_ids, position_ids, mask

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from lmtransfer.models import heads as heads_lib
 from lmtransfer.models import layers
-from lmtransfer.models.base import ConfigBase, Model
+from lmtransfer.models.base import ConfigBase, Model, encoder_inputs
 
 HEADS = (None, "mlm", "nsp", "pretraining", "classification", "token_classification", "qa")
 # HF builds these heads on a BertModel without a pooler (add_pooling_layer=False).
@@ -196,18 +196,10 @@ class Bert(Model):
                  deterministic: bool = True, segment_ids=None,
                  mlm_positions=None) -> BertOutput:
         c = self.config
-        if attention_mask is None:
-            attention_mask = jnp.ones_like(input_ids)
-        if token_type_ids is None:
-            token_type_ids = jnp.zeros_like(input_ids)
-        if position_ids is None:
-            position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
+        token_type_ids, position_ids, mask = encoder_inputs(
+            input_ids, attention_mask, token_type_ids, position_ids, segment_ids)
         embeddings = BertEmbeddings(c, name="embeddings")
         x = embeddings(input_ids, token_type_ids, position_ids, deterministic)
-        if segment_ids is not None:
-            mask = layers.attention_mask(segment_ids)
-        else:  # [B, T] padding mask -> [B, 1, 1, T] for attention over keys.
-            mask = attention_mask.astype(bool)[:, None, None, :]
         layer = layer_class(BertLayer, c.remat)
         for i in range(c.num_hidden_layers):
             x = layer(c, name=f"layer_{i}")(x, mask, deterministic)

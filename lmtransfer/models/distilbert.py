@@ -17,9 +17,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from lmtransfer.models import layers
-from lmtransfer.models.base import ConfigBase, Model
+from lmtransfer.models.base import ConfigBase, Model, at_positions, encoder_inputs
 from lmtransfer.models.bert import BertEmbeddings, BertOutput, layer_class
-from lmtransfer.models.electra import at_positions, encoder_inputs
 from lmtransfer.models.heads import MlmHead
 
 HEADS = (None, "mlm", "classification", "token_classification", "qa")

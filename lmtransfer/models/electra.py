@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from lmtransfer.models import layers
-from lmtransfer.models.base import ConfigBase, Model
+from lmtransfer.models.base import ConfigBase, Model, at_positions, encoder_inputs
 from lmtransfer.models.bert import BertEmbeddings, BertLayer, BertOutput, layer_class
 from lmtransfer.models.heads import MlmHead
 
@@ -56,28 +56,6 @@ class ElectraConfig(ConfigBase):
 def _kw(c) -> dict:
     return dict(init_std=c.initializer_range, dtype=jnp.dtype(c.dtype),
                 param_dtype=jnp.dtype(c.param_dtype))
-
-
-def at_positions(x, mlm_positions):
-    """[B, T, E] -> [B, P, E] at `mlm_positions` (all of x when None)."""
-    if mlm_positions is None:
-        return x
-    return jnp.take_along_axis(x, mlm_positions[..., None], axis=1)
-
-
-def encoder_inputs(input_ids, attention_mask, token_type_ids, position_ids, segment_ids):
-    """Defaults for the optional inputs and the boolean attention mask."""
-    if attention_mask is None:
-        attention_mask = jnp.ones_like(input_ids)
-    if token_type_ids is None:
-        token_type_ids = jnp.zeros_like(input_ids)
-    if position_ids is None:
-        position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
-    if segment_ids is not None:
-        mask = layers.attention_mask(segment_ids)
-    else:  # [B, T] padding mask -> [B, 1, 1, T] for attention over keys.
-        mask = attention_mask.astype(bool)[:, None, None, :]
-    return token_type_ids, position_ids, mask
 
 
 class DiscriminatorHead(nn.Module):

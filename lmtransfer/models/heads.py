@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from lmtransfer.models import layers
+from lmtransfer.models.base import at_positions
 
 
 class MlmHead(nn.Module):
@@ -60,9 +61,8 @@ def apply_head(head: str, c, num_labels: int, out, embeddings, deterministic: bo
     f32 = lambda x: x.astype(jnp.float32)  # noqa: E731  (losses and metrics want float32)
     x = out.last_hidden_state
     if head in ("mlm", "pretraining"):
-        h = x if mlm_positions is None else jnp.take_along_axis(
-            x, mlm_positions[..., None], axis=1)
-        out = out.replace(logits=f32(MlmHead(c, name="mlm")(h, embeddings)))
+        out = out.replace(logits=f32(MlmHead(c, name="mlm")(at_positions(x, mlm_positions),
+                                                             embeddings)))
     if head in ("nsp", "pretraining"):
         out = out.replace(seq_relationship_logits=f32(_classifier(c, 2, "nsp")(out.pooler_output)))
     if head == "classification":

@@ -16,9 +16,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from lmtransfer.models import layers
-from lmtransfer.models.base import Model
+from lmtransfer.models.base import Model, at_positions, encoder_inputs
 from lmtransfer.models.bert import BertConfig, BertEmbeddings, BertLayer, BertOutput, layer_class
-from lmtransfer.models.electra import at_positions, encoder_inputs
 from lmtransfer.models.heads import MlmHead
 
 HEADS = (None, "mlm", "classification", "token_classification", "qa")
