@@ -1,8 +1,9 @@
 """lmtransfer checkpoints: Orbax CheckpointManagers under `<workdir>/checkpoints` (the run's
 latest N, for resuming) and `<workdir>/best` (the best by the task's main metric).
 
-Each step directory holds `params` (sharded array checkpoint) and `model` (JSON: the BERT
-architecture, head, label count and label names), so a checkpoint alone rebuilds its model;
+Each step directory holds `params` (sharded array checkpoint) and `model` (JSON: the
+architecture, head, label count and label names), so a checkpoint alone rebuilds its model (a
+LoRA checkpoint holds only what trained, and the reference of the base it reloads);
 training checkpoints add `opt` (step + optimizer state) and `meta` (data position, best so
 far). Orbax writes each step to a temporary directory and renames it on completion, so a crash
 never leaves a half-written checkpoint that looks finished.
@@ -18,8 +19,10 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from lmtransfer import peft
 from lmtransfer import sharding as sharding_lib
 from lmtransfer.models import ARCHS
+from lmtransfer.models.lora import LoraSpec
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"
@@ -31,17 +34,23 @@ def manager(workdir: str, max_to_keep: int | None = 3, **options) -> ocp.Checkpo
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, **options))
 
 
-def model_meta(model, id2label=None) -> dict:
-    return {"arch": model.arch, "config": dataclasses.asdict(model.config), "head": model.head,
+def model_meta(model, id2label=None, base: dict | None = None) -> dict:
+    """The `model` metadata; a LoRA model adds its adapters' spec and its base's reference
+    (lmtransfer.peft.base_reference), as its checkpoints hold only what it trains."""
+    meta = {"arch": model.arch, "config": dataclasses.asdict(model.config), "head": model.head,
             "num_labels": model.num_labels,
             "id2label": {str(k): v for k, v in (id2label or {}).items()}}
+    if model.lora is not None:
+        meta.update(lora=dataclasses.asdict(model.lora), base=base)
+    return meta
 
 
 def model_from_meta(meta: dict, **config_overrides):
-    """The model (BERT or GPT) a checkpoint's `model` metadata describes."""
+    """The model (any family, LoRA or not) a checkpoint's `model` metadata describes."""
     cls, config_cls = ARCHS[meta.get("arch", "bert")]
     config = config_cls(**{**meta["config"], **config_overrides})
-    return cls(config, head=meta["head"], num_labels=meta["num_labels"])
+    spec = LoraSpec(**meta["lora"]) if meta.get("lora") else None
+    return cls(config, head=meta["head"], num_labels=meta["num_labels"], lora=spec)
 
 
 def save_model(workdir: str, step: int, model, params, id2label=None) -> None:
@@ -93,9 +102,13 @@ def load_model(path: str, mesh=None, rules=sharding_lib.DEFAULT_RULES, **config_
     shardings = sharding_lib.param_shardings(abstract, mesh, rules)["params"]
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           sharding_lib.unbox(abstract)["params"], shardings)
+    target = peft.split(model, target)[0]  # a LoRA checkpoint holds its trained part
     params = mngr.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(target))).params
     mngr.close()
+    if model.lora is not None:
+        frozen = peft.load_frozen(model, meta["base"], mesh, rules, **config_overrides)
+        params = peft.combine(params, frozen)
     return model, params, meta
 
 

@@ -62,9 +62,19 @@ def finetune_config() -> ml_collections.ConfigDict:
         freeze="",
         # < 1: layer_{i} learns at lr x layer_decay^(layers - i), embeddings lowest.
         layer_decay=1.0))
+    # Parameter-efficient transfer (lmtransfer/peft.py): method="lora" trains rank-`rank`
+    # adapters (scaled alpha / rank, dropout on their input) on the dense layers whose path
+    # `targets` matches ("" = attention query and value), the task head, and the parameters
+    # `train` matches (e.g. "layer_norm|bias"); the base stays frozen, in `base_dtype`
+    # ("" = model.param_dtype; "bfloat16" halves it), and checkpoints keep only what trains.
+    c.peft = ml_collections.ConfigDict(dict(method="", rank=8, alpha=16.0, dropout=0.1,
+                                            targets="", train="", base_dtype=""))
+    # export_hf: the best model as an HF dir (LoRA merged); export_peft: its adapters as a
+    # PEFT adapter dir (<workdir>/peft).
     c.train = ml_collections.ConfigDict(dict(
         batch_size=32, eval_batch_size=64, epochs=3.0, steps=0, grad_accum=1,
         eval_every=0, log_every=10, checkpoint_every=200, keep_checkpoints=2, export_hf=False,
+        export_peft=False,
         # NaN/Inf loss or gradients stop the run (naming the step); True skips such updates.
         skip_nonfinite=False))
     c.data = data_config(
@@ -190,12 +200,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 # Fields a rerun in the same workdir may change: they don't change what the run computes.
 RESUME_MAY_CHANGE = ("mode", "train.log_every", "train.eval_every", "train.checkpoint_every",
-                     "train.keep_checkpoints", "train.export_hf", "train.eval_batch_size",
-                     "data.prepare_workers")
+                     "train.keep_checkpoints", "train.export_hf", "train.export_peft",
+                     "train.eval_batch_size", "data.prepare_workers")
 # What a train run writes into its workdir (removed by --overwrite).
-RUN_OUTPUTS = ("checkpoints", "best", "tb", "predictions", "hf", "tokenizer", "store",
-               "metrics.jsonl",
-               "results.json", "eval_results.json", "predict_results.json", "config.json")
+RUN_OUTPUTS = ("checkpoints", "best", "tb", "predictions", "hf", "peft", "tokenizer",
+               "store", "metrics.jsonl", "results.json", "eval_results.json",
+               "predict_results.json", "config.json")
 
 
 def _flat(d, prefix=""):

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from lmtransfer import sharding
+from lmtransfer import peft, sharding
 from lmtransfer.data import batching
 from lmtransfer.tasks import make_task
 from lmtransfer.train import init, loop, optim
@@ -39,18 +39,22 @@ def run_steps(config, mesh_spec, n_steps=3):
     task = make_task(config, tok)
     split = task.load("train")
     batcher = loop.make_batcher(split, config.train.batch_size, mesh, (16, 32, 64))
-    model, params = init.build(config, task, tok, mesh, rules)
+    model, params, _ = init.build_adapted(config, task, tok, mesh, rules)
+    params, frozen = peft.split(model, params)  # a LoRA run trains only its part
+    frozen = peft.cast(frozen, config.peft.base_dtype)
     tx, lr = optim.make(config.optim, 10)
     sh = state_lib.shardings(model, tx, mesh, rules)
     state = state_lib.create(params, tx, sh)
     step = jax.jit(make_train_step(model, task, tx, lr, config.train.grad_accum, config.seed),
-                   in_shardings=(sh, batcher.sharding),
+                   in_shardings=(sh, batcher.sharding, state_lib.param_shardings(
+                       model, mesh, rules)[1]),
                    out_shardings=(sh, sharding.replicated(mesh)), donate_argnums=(0,))
     losses = []
     with sharding.use_mesh(mesh, rules):
         for i in range(n_steps):
-            state, m = step(state, batcher.train_batch(i, config.seed))
+            state, m = step(state, batcher.train_batch(i, config.seed), frozen)
             losses.append(float(m["loss"]))
+    run_steps.last = dict(model=model, frozen=frozen, task=task, batcher=batcher)
     return losses, jax.device_get(state.params), state
 
 

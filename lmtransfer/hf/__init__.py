@@ -177,12 +177,16 @@ def save_pretrained(model, params, out_dir: str, tokenizer=None,
     """Writes an HF-format directory (`config.json`, `model.safetensors`, tokenizer files).
 
     Loadable with `transformers.AutoModel*.from_pretrained(out_dir)` with no missing or
-    unexpected keys. `tokenizer` is an HF tokenizer or a directory to take one from. The
-    directory is written next to its destination and renamed into place, so a crash never
-    leaves a half-written export. Parameters are saved in float32. Only process 0 writes.
+    unexpected keys (a LoRA model is written merged). `tokenizer` is an HF tokenizer or a
+    directory to take one from. The directory is written next to its destination and renamed
+    into place, so a crash never leaves a half-written export. Parameters are saved in
+    float32. Only process 0 writes.
     """
     from safetensors.numpy import save_file
 
+    from lmtransfer import peft
+
+    model, params = peft.merged(model, params)  # LoRA adapters folded into the kernels
     tensors = {k: v.astype(np.float32) for k, v in to_hf_tensors(model, params).items()}
     if jax.process_index() != 0:
         return out_dir

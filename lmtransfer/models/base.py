@@ -8,13 +8,14 @@ position_ids, deterministic, segment_ids, mlm_positions)` returns a `BertOutput`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from lmtransfer.models import layers
+from lmtransfer.models import layers, lora
 
 
 def check_config(c) -> None:
@@ -57,6 +58,7 @@ class Model(nn.Module):
     config: Any
     head: str | None = None
     num_labels: int = 2
+    lora: Any = None  # a models.lora.LoraSpec: LoRA adapters on the matching dense layers
     arch: ClassVar[str] = ""
     HEADS: ClassVar[tuple] = (None,)
 
@@ -64,6 +66,20 @@ class Model(nn.Module):
         if self.head not in self.HEADS:
             raise ValueError(f"{self.arch} head={self.head!r}; use one of {self.HEADS}")
         super().__post_init__()
+
+    # Every use of a model (train, eval, init, shapes, export) goes through these two.
+    def apply(self, *args, **kwargs):
+        with self._adapters():
+            return super().apply(*args, **kwargs)
+
+    def init_with_output(self, *args, **kwargs):
+        with self._adapters():
+            return super().init_with_output(*args, **kwargs)
+
+    def _adapters(self):
+        if self.lora is None:
+            return contextlib.nullcontext()
+        return nn.intercept_methods(lora.interceptor(self.lora))
 
 
 def at_positions(x, mlm_positions):

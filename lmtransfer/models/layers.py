@@ -173,12 +173,18 @@ class DenseGeneral(nn.Module):
         axis = self.axis if isinstance(self.axis, tuple) else (self.axis,)
         return tuple(a % ndim for a in axis)
 
+    def adapt(self, x, y):
+        """The layer's output `y` for input `x`, plus an adapter's where one is attached
+        (lmtransfer.models.lora intercepts this); callers that fuse several layers' matmuls
+        call it on each part."""
+        return y
+
     def __call__(self, x):
         kernel, bias = self.weights(x.shape)
         axis = self._axes(x.ndim)
         y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
                                 ((axis, tuple(range(len(axis)))), ((), ())))
-        return y if bias is None else y + bias.astype(self.dtype)
+        return self.adapt(x, y if bias is None else y + bias.astype(self.dtype))
 
 
 def dense(features, names, *, init_std, dtype, param_dtype, axis=-1, name=None, use_bias=True):
@@ -257,11 +263,12 @@ class SelfAttention(nn.Module):
                  cache_index=None):
         kv_heads = self.num_kv_heads or self.num_heads
         kw = dict(init_std=self.init_std, dtype=self.dtype, param_dtype=self.param_dtype)
-        weights = [dense((n, self.head_dim), ("embed", names, "kv"), use_bias=self.qkv_bias,
-                         name=name, **kw).weights(x.shape)
-                   for name, n, names in (("query", self.num_heads, "heads"),
-                                          ("key", kv_heads, "kv_heads"),
-                                          ("value", kv_heads, "kv_heads"))]
+        projections = [dense((n, self.head_dim), ("embed", names, "kv"),
+                             use_bias=self.qkv_bias, name=name, **kw)
+                       for name, n, names in (("query", self.num_heads, "heads"),
+                                              ("key", kv_heads, "kv_heads"),
+                                              ("value", kv_heads, "kv_heads"))]
+        weights = [p.weights(x.shape) for p in projections]
         # One [embed, (heads + 2 kv_heads) * kv] matmul instead of three: a wider matmul runs
         # closer to peak on CPU (and saves two reads of x); params stay three HF-shaped sets.
         kernel = jnp.concatenate([w for w, _ in weights], axis=1).astype(self.dtype)
@@ -269,9 +276,11 @@ class SelfAttention(nn.Module):
         if self.qkv_bias:
             qkv = qkv + jnp.concatenate([b for _, b in weights]).astype(self.dtype)
         n = self.num_heads
-        q = constrain(qkv[..., :n, :], ACT_BTNH)
-        k, v = (constrain(t, ACT_BTKH) for t in (qkv[..., n:n + kv_heads, :],
-                                                 qkv[..., n + kv_heads:, :]))
+        q, k, v = (p.adapt(x, t) for p, t in zip(projections, (
+            qkv[..., :n, :], qkv[..., n:n + kv_heads, :], qkv[..., n + kv_heads:, :]),
+            strict=True))
+        q = constrain(q, ACT_BTNH)
+        k, v = constrain(k, ACT_BTKH), constrain(v, ACT_BTKH)
         if self.inv_freq:
             q, k = rotary(q, positions, self.inv_freq), rotary(k, positions, self.inv_freq)
         if cache is not None:

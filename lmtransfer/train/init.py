@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from lmtransfer import checkpoints, hf, models, sharding, tokenization
+from lmtransfer import checkpoints, hf, models, peft, sharding, tokenization
 from lmtransfer.hf import hub
 
 log = logging.getLogger(__name__)
@@ -100,22 +100,44 @@ def build(config, task, tokenizer, mesh, rules):
     return model, params
 
 
+def build_adapted(config, task, tokenizer, mesh, rules):
+    """`build`, then LoRA adapters when config.peft asks: (model, params, base reference or
+    None). The reference is what a LoRA checkpoint keeps of its base."""
+    model, params = build(config, task, tokenizer, mesh, rules)
+    spec = peft.spec_from_config(config.peft)
+    if spec is None:
+        return model, params, None
+    if not config.init_from:
+        raise ValueError("config.peft.method=lora needs a pretrained base: set "
+                         "config.init_from (an HF dir, hub id or lmtransfer workdir)")
+    model, params = peft.add_adapters(model, params, spec, config.seed, mesh, rules)
+    src = hub.resolve(config.init_from, "config.init_from")
+    return model, params, peft.base_reference(config.init_from, src, config.seed,
+                                              config.peft.base_dtype)
+
+
+def load_source(src: str, head, num_labels: int, seed: int, mesh, rules, overrides,
+                key: str = "config.init_from"):
+    """(model, params) for `head` from an HF dir or an lmtransfer workdir (its weights; the
+    head fresh from `seed` where the source lacks it). A LoRA workdir comes merged."""
+    if _is_hf_dir(src):
+        return hf.load_pretrained(src, head=head, num_labels=num_labels, seed=seed, mesh=mesh,
+                                  rules=rules, **overrides)
+    source_model, source_params, _ = checkpoints.load_model(src, **overrides)
+    source_model, source_params = peft.merged(source_model, source_params)
+    if head not in models.heads_of(source_model.arch):
+        raise ValueError(
+            f"{key}={src} holds a {source_model.arch.upper()} model, which has no {head!r} "
+            f"head (it has {models.heads_of(source_model.arch)}); it needs a "
+            f"{'GPT' if head == 'lm' else 'BERT or GPT'} checkpoint")
+    model = type(source_model)(source_model.config, head=head, num_labels=num_labels)
+    return model, transfer(source_params, model, seed, mesh, rules, src)
+
+
 def _build(config, task, tokenizer, mesh, rules):
     src, overrides = hub.resolve(config.init_from, "config.init_from"), config_overrides(config)
-    if src and _is_hf_dir(src):
-        return hf.load_pretrained(src, head=task.head, num_labels=task.num_labels,
-                                  seed=config.seed, mesh=mesh, rules=rules, **overrides)
     if src:
-        source_model, source_params, _ = checkpoints.load_model(src, **overrides)
-        if task.head not in models.heads_of(source_model.arch):
-            raise ValueError(
-                f"config.init_from={src} holds a {source_model.arch.upper()} model, which has "
-                f"no {task.head!r} head (it has {models.heads_of(source_model.arch)}); "
-                f"config.task={config.task} needs a "
-                f"{'GPT' if task.head == 'lm' else 'BERT or GPT'} checkpoint")
-        model = type(source_model)(source_model.config, head=task.head,
-                                   num_labels=task.num_labels)
-        return model, transfer(source_params, model, config.seed, mesh, rules, src)
+        return load_source(src, task.head, task.num_labels, config.seed, mesh, rules, overrides)
     if config.model.preset:
         multiple = max(config.model.vocab_multiple, 1)
         vocab = -(-len(tokenizer) // multiple) * multiple

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lmtransfer import checkpoints, faults, hf, logs, perf, sharding
+from lmtransfer import checkpoints, faults, hf, logs, peft, perf, sharding
 from lmtransfer.data import batching
 from lmtransfer.train import evaluate as eval_lib
 from lmtransfer.train import init, optim
@@ -99,25 +99,33 @@ def train(config, workdir: str) -> dict:
     if total <= 0:
         raise ValueError("set config.train.steps or config.train.epochs > 0")
     tx, lr = optim.make(config.optim, total)
+    if t.export_peft and peft.spec_from_config(config.peft) is None:
+        raise ValueError("config.train.export_peft=True writes LoRA adapters, but this run has "
+                         "none: set config.peft.method=lora (or use config.train.export_hf)")
 
     with workdir_lock(workdir):
         ckpt = checkpoints.TrainCheckpointer(workdir, t.keep_checkpoints)
-        model, params = _model_for(config, task, tokenizer, mesh, rules, ckpt)
+        model, params, base = _model_for(config, task, tokenizer, mesh, rules, ckpt)
         init.check_fits(config, model, tokenizer)
         state_sh = state_lib.shardings(model, tx, mesh, rules)
-        meta_model = checkpoints.model_meta(model, task.id2label)
+        frozen_sh = state_lib.param_shardings(model, mesh, rules)[1]
+        meta_model = checkpoints.model_meta(model, task.id2label, base)
         best = (ckpt.best_meta() or {}).get("best")
         guard = _NonFiniteGuard(t.skip_nonfinite, ckpt)
         if ckpt.latest_step() is not None:
             state, meta = ckpt.restore(state_lib.abstract(model, tx, state_sh))
             guard.skipped = meta.get("skipped_updates", 0)
             log.info("resumed from step %d (%s)", int(state.step), meta.get("data"))
+            frozen = ({} if base is None else
+                      peft.load_frozen(model, base, mesh, rules, **init.config_overrides(config)))
         else:
+            params, frozen = peft.split(model, params)
+            frozen = peft.cast(frozen, config.peft.base_dtype)
             state = state_lib.create(params, tx, state_sh)
         del params
         step_fn = jax.jit(make_train_step(model, task, tx, lr, t.grad_accum, config.seed,
                                           t.skip_nonfinite),
-                          in_shardings=(state_sh, batcher.sharding),
+                          in_shardings=(state_sh, batcher.sharding, frozen_sh),
                           out_shardings=(state_sh, sharding.replicated(mesh)),
                           donate_argnums=(0,))
         eval_fn = jax.jit(make_eval_step(model, task))
@@ -130,8 +138,8 @@ def train(config, workdir: str) -> dict:
 
         def run_eval(step):
             nonlocal best
-            res = eval_lib.evaluate(task, eval_fn, state.params, eval_splits, t.eval_batch_size,
-                                    mesh, buckets)
+            res = eval_lib.evaluate(task, eval_fn, peft.combine(state.params, frozen),
+                                    eval_splits, t.eval_batch_size, mesh, buckets)
             for name, m in res.items():
                 writer.write(step, m, prefix=f"eval/{name}")
             main = res[eval_splits[0].name][task.main_metric]
@@ -162,7 +170,7 @@ def train(config, workdir: str) -> dict:
                     batcher.prefetch(start, total, config.seed), start):
                 batch = batcher.globalize(local)
                 meter.data_wait += waited
-                state, metrics = step_fn(state, batch)
+                state, metrics = step_fn(state, batch, frozen)
                 faults.at_step(step + 1)
                 faults.point("step")
                 if step == start:  # the first step compiles: time from its end
@@ -224,17 +232,19 @@ def make_batcher(split, batch_size: int, mesh, buckets):
 
 
 def _model_for(config, task, tokenizer, mesh, rules, ckpt):
-    """(model, params): from the workdir's own checkpoint when resuming (params are then
-    restored with the optimizer state), else from config.init_from / the preset."""
+    """(model, params, LoRA base reference or None): from the workdir's own checkpoint when
+    resuming (params are then restored with the optimizer state), else from
+    config.init_from / the preset (and config.peft)."""
     step = ckpt.latest_step()
     if step is None:
-        return init.build(config, task, tokenizer, mesh, rules)
+        return init.build_adapted(config, task, tokenizer, mesh, rules)
     meta = ckpt.mngr.restore(step, args=ocp.args.Composite(model=ocp.args.JsonRestore())).model
     if (meta["head"], meta["num_labels"]) != (task.head, task.num_labels):
         raise ValueError(f"{ckpt.mngr.directory} holds a {meta['head']} model with "
                          f"{meta['num_labels']} labels but the task needs {task.head} with "
                          f"{task.num_labels}; use a new --workdir")
-    return checkpoints.model_from_meta(meta, **init.config_overrides(config)), None
+    return (checkpoints.model_from_meta(meta, **init.config_overrides(config)), None,
+            meta.get("base"))
 
 
 def _write_outputs(config, workdir, task, eval_fn, eval_splits, mesh, rules, buckets,
@@ -249,6 +259,11 @@ def _write_outputs(config, workdir, task, eval_fn, eval_splits, mesh, rules, buc
         out = hf.save_pretrained(model, params, os.path.join(workdir, "hf"),
                                  tokenizer=tokenizer, id2label=task.id2label)
         log.info("exported the best model (step %s) to %s", results["best"]["step"], out)
+    if config.train.export_peft:
+        out = peft.save_adapter(model, params, os.path.join(workdir, "peft"),
+                                base=config.init_from)
+        log.info("exported the best model's adapters (step %s) to %s", results["best"]["step"],
+                 out)
 
 
 def _progress(total, start):

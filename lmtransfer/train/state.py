@@ -1,4 +1,4 @@
-"""The train state (step, params, optimizer state) and its shardings on the mesh."""
+"""The train state (step, trained params, optimizer state) and its shardings on the mesh."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lmtransfer import peft
 from lmtransfer import sharding as sharding_lib
 
 
@@ -24,12 +25,22 @@ def abstract_params(model):
     return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 2), jnp.int32))
 
 
+def trained_params(model):
+    """ShapeDtypeStructs of the parameters that train (all, or a LoRA run's trained part)."""
+    return peft.split(model, sharding_lib.unbox(abstract_params(model))["params"])[0]
+
+
+def param_shardings(model, mesh, rules) -> tuple:
+    """(trained, frozen) NamedShardings of the model's parameters, by the rules table."""
+    return peft.split(model, sharding_lib.param_shardings(abstract_params(model), mesh,
+                                                          rules)["params"])
+
+
 def shardings(model, tx, mesh, rules) -> TrainState:
     """NamedShardings of every TrainState leaf: params by the rules table, optimizer moments
     like their params, scalars (step, counts) replicated."""
-    boxed = abstract_params(model)
-    param_sh = sharding_lib.param_shardings(boxed, mesh, rules)["params"]
-    abs_opt = jax.eval_shape(tx.init, sharding_lib.unbox(boxed)["params"])
+    param_sh = param_shardings(model, mesh, rules)[0]
+    abs_opt = jax.eval_shape(tx.init, trained_params(model))
     replicated = sharding_lib.replicated(mesh)
     # Frozen parameters (optim.freeze) hold a MaskedNode, not a moment, in the state.
     masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
@@ -40,7 +51,7 @@ def shardings(model, tx, mesh, rules) -> TrainState:
 
 def abstract(model, tx, state_shardings: TrainState) -> TrainState:
     """ShapeDtypeStructs with shardings: the restore target for checkpoints."""
-    params = sharding_lib.unbox(abstract_params(model))["params"]
+    params = trained_params(model)
     shapes = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
                         opt_state=jax.eval_shape(tx.init, params))
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lmtransfer import peft
 from lmtransfer.train.state import TrainState
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "segment_ids",
@@ -34,24 +35,27 @@ def make_train_step(model, task, tx, lr_schedule, grad_accum: int, seed: int,
     """The jitted-to-be train step. `metrics["nonfinite"]` is 1 when the loss or the gradient
     norm is NaN/Inf; with `skip_nonfinite` such an update is not applied (params and
     optimizer state stay as they were; the step count still advances with the data)."""
-    def loss_fn(params, batch, rng):
-        loss_sum, weight = task.loss(_apply(model, params, batch, False, rng), batch)
+    def loss_fn(params, batch, rng, frozen):
+        full = peft.combine(params, frozen)
+        loss_sum, weight = task.loss(_apply(model, full, batch, False, rng), batch)
         return loss_sum, weight
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def train_step(state: TrainState, batch):
+    def train_step(state: TrainState, batch, frozen=None):
+        """`state.params` is what trains; `frozen` the rest of the model (a LoRA run's
+        base: neither differentiated nor in the optimizer), None when everything trains."""
         rng = jax.random.fold_in(jax.random.key(seed), state.step)
         # The task's batch transform (MLM masking) sees the whole batch, so masks don't
         # depend on grad_accum; dropout draws from an independent stream.
         mask_rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 1), state.step)
         batch = task.prepare(batch, mask_rng)
         if grad_accum == 1:
-            (loss_sum, weight), grads = grad_fn(state.params, batch, rng)
+            (loss_sum, weight), grads = grad_fn(state.params, batch, rng, frozen)
         else:
             def body(carry, xs):
                 i, micro = xs
-                (loss, w), g = grad_fn(state.params, micro, jax.random.fold_in(rng, i))
+                (loss, w), g = grad_fn(state.params, micro, jax.random.fold_in(rng, i), frozen)
                 return jax.tree.map(jnp.add, carry, (loss, w, g)), None
 
             zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
