@@ -173,8 +173,7 @@ def merged(model, params):
         if path.endswith(ADAPTERS):
             continue
         if path in deltas:
-            x = (x.astype(jnp.promote_types(x.dtype, jnp.float32)) + deltas[path]).astype(
-                jnp.promote_types(x.dtype, jnp.float32))
+            x = x.astype(jnp.promote_types(x.dtype, jnp.float32)) + deltas[path]
         flat[path] = x
     return model.clone(lora=None), traverse_util.unflatten_dict(flat, sep="/")
 

@@ -3,7 +3,6 @@ train and hold optimizer state, sharded == single device, gradient accumulation,
 (merged HF weights and a PEFT adapter dir) against transformers + peft, checkpoints without
 the base, exact resume after kill -9, and the errors of bad settings."""
 
-import json
 import os
 import signal
 import subprocess
@@ -18,6 +17,7 @@ from flax import traverse_util
 from lmtransfer import checkpoints, faults, peft, tokenization
 from lmtransfer.train import loop
 from tests.glue_data import WORDS, make_glue
+from tests.test_faults import train_losses
 from tests.test_train_step import config_for, max_diff, run_steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -118,14 +118,6 @@ def _cli(glue_root, base_dir, workdir, *extra):
             str(workdir), *extra]
 
 
-def _losses(workdir):
-    out = {}
-    for row in map(json.loads, open(os.path.join(workdir, "metrics.jsonl"))):
-        if row["kind"] == "train":
-            out[row["step"]] = row["loss"]
-    return out
-
-
 def test_run_exports_checkpoints_and_resume(glue_root, base_dir, tmp_path):
     """One CLI run (with LoRA dropout) exports merged and PEFT formats, which transformers
     and peft load to our logits; its checkpoints hold only the trained part; a run killed
@@ -172,7 +164,7 @@ def test_run_exports_checkpoints_and_resume(glue_root, base_dir, tmp_path):
     r = subprocess.run(_cli(glue_root, base_dir, killed), cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and "resumed from step" in r.stderr, r.stderr[-3000:]
-    got, want = _losses(killed), _losses(ref)
+    got, want = train_losses(killed), train_losses(ref)
     assert sorted(got) == list(range(1, 13))
     for step in want:
         assert got[step] == pytest.approx(want[step], abs=1e-6), step
