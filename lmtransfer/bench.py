@@ -2,7 +2,7 @@
 
     python -m lmtransfer.bench [--model minilm|PRESET|HF_DIR|HUB_ID] [--head classification|mlm]
         [--batch 32] [--lengths 128] [--steps 20] [--dtype float32|bfloat16] [--devices N]
-        [--remat] [--parity TOL] [--no-peer] [--json FILE]
+        [--remat] [--parity TOL] [--no-peer] [--peft lora [--lora-rank 8]] [--json FILE]
 
 Both sides run full training steps (forward, backward, AdamW, dropout on) of the same model
 with the same weights on the same fixed-shape random batch: a sequence classifier
@@ -15,6 +15,15 @@ FLOPs are analytic (lmtransfer.perf), so TFLOP/s and MFU compare across framewor
 against the device's bf16 peak on GPU/TPU and against a matmul peak measured in this run on
 CPU. `--devices N` runs lmtransfer data-parallel over N devices (simulate them on CPU with
 XLA_FLAGS=--xla_force_host_platform_device_count=N). The peer needs torch (".[test]").
+
+`--peft lora` adds LoRA rows beside full fine-tuning at every length: lmtransfer with adapters
+on the query and value projections (the classifier trained in full, the rest frozen) and, as
+its peer, `peft`'s LoRA on the transformers model holding the same adapters. Memory columns:
+peak MiB is the device allocator's running peak (GPU/TPU; LoRA sides are built first at each
+length, so theirs is not raised by full fine-tuning's), XLA MiB the step executable's buffers
+(arguments + outputs - donated + temporaries, any platform), opt MiB the optimizer state and
+ckpt MiB a resume checkpoint written by the training loop's checkpointer (what trains, with its
+optimizer state: a LoRA run's base is a reference, not a copy).
 """
 
 from __future__ import annotations
@@ -121,11 +130,47 @@ class _Loss:
         return jnp.sum(ce), jnp.asarray(ce.shape[0], jnp.float32)
 
 
+def with_lora(model, params, rank: int):
+    """(model with LoRA adapters on query/value, params with them: A random, B = 0)."""
+    from lmtransfer import peft, sharding
+    from lmtransfer.models import lora
+
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    model, params = peft.add_adapters(model, params, lora.LoraSpec(rank=rank, alpha=2 * rank,
+                                                                   dropout=0.1),
+                                      0, mesh, sharding.DEFAULT_RULES)
+    return model, jax.device_get(params)
+
+
+def _tree_bytes(tree) -> int:
+    return sum(x.nbytes for x in jax.tree.leaves(tree))
+
+
+def _dir_bytes(path: str) -> int:
+    import os
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def checkpoint_bytes(state) -> int:
+    """Bytes on disk of `state` saved by the training loop's checkpointer."""
+    import tempfile
+
+    from lmtransfer.checkpoints import TrainCheckpointer
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = TrainCheckpointer(tmp, keep=1)
+        ckpt.save(0, state, {}, {})
+        ckpt.wait()
+        ckpt.close()
+        return _dir_bytes(tmp)
+
+
 def lmtransfer_step(model, params, head, batch, length, devices=1):
-    """(run one step, compile seconds, peak bytes or None)."""
+    """(run one step, compile seconds, peak bytes or None, {xla, opt, ckpt bytes}). A LoRA
+    model trains its adapters and head; the rest of `params` goes in as the frozen base."""
     from jax.sharding import Mesh, NamedSharding
     from jax.sharding import PartitionSpec as P
 
+    from lmtransfer import peft
     from lmtransfer.train.state import TrainState
     from lmtransfer.train.step import make_train_step
 
@@ -134,21 +179,28 @@ def lmtransfer_step(model, params, head, batch, length, devices=1):
     replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     data = random_batch(batch, length, model.config.vocab_size)
     data = jax.device_put(data, rows)
-    state = jax.device_put(TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)),
+    trained, frozen = peft.split(model, params)
+    frozen = jax.device_put(frozen, replicated) if frozen else None
+    state = jax.device_put(TrainState(jnp.zeros((), jnp.int32), trained, tx.init(trained)),
                            replicated)
     start = time.perf_counter()
     step = jax.jit(make_train_step(model, _Loss(head, length), tx, lambda s: 2e-5, 1, 0),
-                   donate_argnums=0).lower(state, data).compile()
+                   donate_argnums=0).lower(state, data, frozen).compile()
     compile_s = time.perf_counter() - start
+    m = step.memory_analysis()
+    memory = dict(opt_bytes=_tree_bytes(state.opt_state))
+    memory["xla_bytes"] = (m.argument_size_in_bytes + m.output_size_in_bytes
+                           - m.alias_size_in_bytes + m.temp_size_in_bytes) if m else None
     box = {"state": state}
 
     def run():
-        box["state"], m = step(box["state"], data)
-        jax.block_until_ready(m)
+        box["state"], metrics = step(box["state"], data, frozen)
+        jax.block_until_ready(metrics)
 
     run()
+    memory["ckpt_bytes"] = checkpoint_bytes(box["state"])  # trained moments, not zeros
     stats = jax.devices()[0].memory_stats() or {}
-    return run, compile_s, stats.get("peak_bytes_in_use")
+    return run, compile_s, stats.get("peak_bytes_in_use"), memory
 
 
 def torch_net(model, params):
@@ -172,6 +224,20 @@ def torch_net(model, params):
     return net.to("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def peft_net(net, model, params):
+    """A copy of the PyTorch twin `net` with `peft`'s LoRA holding the adapters and trained
+    modules of the LoRA `model` (through lmtransfer's PEFT export)."""
+    import copy
+    import tempfile
+
+    from peft import PeftModel
+
+    from lmtransfer import peft
+    with tempfile.TemporaryDirectory() as tmp:
+        peft.save_adapter(model, params, tmp)
+        return PeftModel.from_pretrained(copy.deepcopy(net), tmp, is_trainable=True)
+
+
 def parity(model, params, net, batch: int, length: int) -> float:
     """Max |logit difference| of the two frameworks' fp32 eval forwards on one batch."""
     import torch
@@ -190,7 +256,8 @@ def parity(model, params, net, batch: int, length: int) -> float:
 
 
 def torch_step(net, model, batch, length, dtype="float32"):
-    """(run one step, first-step seconds, peak bytes or None) for the PyTorch peer."""
+    """(run one step, first-step seconds, peak bytes or None, {opt bytes}) for the PyTorch
+    peer; only parameters that require a gradient are trained (all but a PEFT base)."""
     import contextlib
 
     import torch
@@ -198,7 +265,8 @@ def torch_step(net, model, batch, length, dtype="float32"):
     head = model.head
     device = next(net.parameters()).device.type
     net.train()
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-5, weight_decay=0.01)
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=2e-5,
+                            weight_decay=0.01)
     data = random_batch(batch, length, model.config.vocab_size)
     ids = torch.as_tensor(data["input_ids"], dtype=torch.long, device=device)
     if head == "mlm":
@@ -223,7 +291,13 @@ def torch_step(net, model, batch, length, dtype="float32"):
     run()
     first = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
-    return run, first, peak
+    opt_bytes = sum(t.numel() * t.element_size() for st in opt.state.values()
+                    for t in st.values() if torch.is_tensor(t))
+    return run, first, peak, dict(opt_bytes=opt_bytes)
+
+
+def _mib(n) -> str:
+    return f"{n / 2 ** 20:,.{1 if n >= 10 * 2 ** 20 else 2}f}" if n else "n/a"
 
 
 def main(argv=None):
@@ -239,6 +313,9 @@ def main(argv=None):
     p.add_argument("--no-peer", action="store_true", help="time lmtransfer only")
     p.add_argument("--parity", type=float, default=0.0, metavar="TOL",
                    help="first check that both frameworks' fp32 logits agree within TOL")
+    p.add_argument("--peft", default="", choices=("", "lora"),
+                   help="add LoRA rows (lmtransfer and peft) beside full fine-tuning")
+    p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--json", default="", help="write the figures to this file")
     a = p.parse_args(argv)
     if a.parity and a.no_peer:
@@ -264,6 +341,10 @@ def main(argv=None):
           f"({peak_source})")
     model, params = build(a.model, a.head, a.dtype, a.remat)
     net = None if a.no_peer else torch_net(model, params)
+    lora_model = lora_params = lora_net = None
+    if a.peft:
+        lora_model, lora_params = with_lora(model, params, a.lora_rank)
+        lora_net = None if a.no_peer else peft_net(net, lora_model, lora_params)
     if a.parity:
         length = lengths[0]
         err = parity(model, params, net, min(batches[0], 8), length)
@@ -271,50 +352,71 @@ def main(argv=None):
               f" (tolerance {a.parity:g})", flush=True)
         if not err <= a.parity:
             raise SystemExit(f"parity check failed: {err:.2e} > {a.parity:g}")
-    print("| seq | batch | framework | step s | tokens/s | TFLOP/s | MFU | compile s | peak MiB |")
-    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+    lora_name = f"LoRA r{a.lora_rank}"
+    names = dict(ours="lmtransfer (JAX)", peer="transformers (PyTorch)",
+                 ours_lora=f"lmtransfer {lora_name} (JAX)",
+                 peer_lora=f"transformers+peft {lora_name} (PyTorch)")
+    memory_columns = " XLA MiB | opt MiB | ckpt MiB |" if a.peft else ""
+    print("| seq | batch | framework | step s | tokens/s | TFLOP/s | MFU | compile s | peak MiB |"
+          + memory_columns)
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|" + "---:|" * memory_columns.count("|"))
     rows = []
     for batch, length in zip(batches, lengths, strict=True):
-        ours, compile_s, mem = lmtransfer_step(model, params, a.head, batch, length,
-                                               a.devices)
-        sides = {"lmtransfer (JAX)": (ours, compile_s, mem)}
+        sides = {}  # name -> (model, (run, first s, peak bytes, memory))
+        if lora_model is not None:  # first, so full fine-tuning can't raise its device peak
+            sides[names["ours_lora"]] = lora_model, lmtransfer_step(
+                lora_model, lora_params, a.head, batch, length, a.devices)
+        sides[names["ours"]] = model, lmtransfer_step(model, params, a.head, batch, length,
+                                                      a.devices)
+        if lora_net is not None:
+            sides[names["peer_lora"]] = lora_model, torch_step(lora_net, model, batch, length,
+                                                               a.dtype)
         if net is not None:
-            sides["transformers (PyTorch)"] = torch_step(net, model, batch, length, a.dtype)
+            sides[names["peer"]] = model, torch_step(net, model, batch, length, a.dtype)
         times = {k: [] for k in sides}
-        for _ in range(a.steps):  # interleaved, one step each, so load drifts hit both
-            for k, (run, _, _) in sides.items():
+        for _ in range(a.steps):  # interleaved, one step each, so load drifts hit all alike
+            for k, (_, (run, *_)) in sides.items():
                 start = time.perf_counter()
                 run()
                 times[k].append(time.perf_counter() - start)
-        flops = train_flops(model, batch, length)
-        for k, (_, first_s, mem) in sides.items():
+        for k, (m, (_, first_s, mem, memory)) in sides.items():
             t = float(np.median(times[k]))
+            flops = train_flops(m, batch, length)
             denom = peak_total if k.startswith("lmtransfer") else peak
             row = dict(length=length, batch=batch, framework=k, step_s=t,
                        tokens_per_s=batch * length / t,
                        tflops=flops / t / 1e12, mfu=flops / t / denom if peak else None,
-                       compile_s=first_s, peak_bytes=mem)
+                       compile_s=first_s, peak_bytes=mem, **memory)
             rows.append(row)
             mfu = f"{row['mfu']:.1%}" if peak else "n/a"
-            mib = f"{mem / 2 ** 20:,.0f}" if mem else "n/a"
-            print(f"| {length} | {batch} | {k} | {t:.3f} | {row['tokens_per_s']:,.0f} | "
-                  f"{row['tflops']:.3f} | {mfu} | {first_s:.1f} | {mib} |", flush=True)
-        if net is not None:
-            ratio = rows[-2]["tokens_per_s"] / rows[-1]["tokens_per_s"]
-            print(f"| {length} | {batch} | ratio JAX / PyTorch | | {ratio:.2f}x | | | | |",
-                  flush=True)
+            line = (f"| {length} | {batch} | {k} | {t:.3f} | {row['tokens_per_s']:,.0f} | "
+                    f"{row['tflops']:.3f} | {mfu} | {first_s:.1f} | {_mib(mem)} |")
+            if a.peft:
+                line += "".join(f" {_mib(memory.get(c))} |"
+                                for c in ("xla_bytes", "opt_bytes", "ckpt_bytes"))
+            print(line, flush=True)
+        here = {r["framework"]: r["tokens_per_s"] for r in rows[-len(sides):]}
+        for ours, peer in (("ours", "peer"), ("ours_lora", "peer_lora")):
+            if names[ours] in here and names[peer] in here:
+                ratio = here[names[ours]] / here[names[peer]]
+                what = "" if ours == "ours" else f" ({lora_name})"
+                print(f"| {length} | {batch} | ratio JAX / PyTorch{what} | | {ratio:.2f}x | | | "
+                      "| |" + " |" * memory_columns.count("|"), flush=True)
     if a.json:
-        ours_rows = [r for r in rows if r["framework"].startswith("lmtransfer")]
-        peer_rows = [r for r in rows if r["framework"].startswith("transformers")]
+        def last(name, key="tokens_per_s"):
+            found = [r[key] for r in rows if r["framework"] == names[name]]
+            return found[-1] if found else None
+
         summary = dict(device=kind, devices=a.devices, model=a.model, head=a.head,
                        batch=batches, dtype=a.dtype, peak_flops=peak_total,
-                       peak_source=peak_source,
-                       lmtransfer_tokens_per_s=ours_rows[-1]["tokens_per_s"],
-                       mfu=ours_rows[-1]["mfu"],
-                       peer_tokens_per_s=peer_rows[-1]["tokens_per_s"] if peer_rows else None,
-                       rows=rows)
+                       peak_source=peak_source, lmtransfer_tokens_per_s=last("ours"),
+                       mfu=last("ours", "mfu"), peer_tokens_per_s=last("peer"),
+                       peft=a.peft or None, rows=rows)
         summary["ratio"] = (summary["lmtransfer_tokens_per_s"] / summary["peer_tokens_per_s"]
-                            if peer_rows else None)
+                            if summary["peer_tokens_per_s"] else None)
+        if a.peft:
+            summary.update(lora_tokens_per_s=last("ours_lora"),
+                           lora_peer_tokens_per_s=last("peer_lora"))
         with open(a.json, "w") as f:
             json.dump(summary, f, indent=1)
     return rows

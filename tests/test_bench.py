@@ -19,10 +19,48 @@ def test_train_flops_bert_base_and_gpt2():
         6 * 123.56e6 + 12 * 12 * 1024 * 768, rel=1e-3)
 
 
+def test_lora_flops_count_frozen_weights_without_their_gradient():
+    """bert-base, LoRA rank 8 on query/value: the frozen kernels cost 4 FLOPs per weight
+    (forward + input gradient), the adapters and the classifier 6; attention is unchanged."""
+    from lmtransfer import peft
+    from lmtransfer.models import lora
+
+    full = from_preset("bert-base", "classification", 2)
+    adapted = peft.attach(full, lora.LoraSpec(rank=8))
+    adapters = 12 * 2 * (768 * 8 + 8 * 768)
+    classifier = 768 * 2
+    kernels = perf.matmul_weights(full)
+    assert perf.matmul_weights(adapted) == kernels + adapters
+    assert perf.matmul_weights(adapted, frozen=True) == kernels - classifier
+    assert perf.matmul_weights(full, frozen=True) == 0
+    attention = perf.train_flops_per_token(full, 128) - 6 * kernels
+    assert perf.train_flops_per_token(adapted, 128) == pytest.approx(
+        4 * (kernels - classifier) + 6 * (adapters + classifier) + attention)
+
+
 def test_bench_runs_and_prints_both_frameworks(minilm_path, capsys):
     bench.main(["--model", minilm_path, "--batch", "2", "--lengths", "8", "--steps", "1"])
     out = capsys.readouterr().out
     assert "| 8 | 2 | lmtransfer (JAX) |" in out and "| 8 | 2 | transformers (PyTorch) |" in out
+
+
+def test_bench_lora_rows_beside_full_fine_tuning(tmp_path, capsys):
+    """--peft lora: lmtransfer and peft LoRA rows beside full fine-tuning; the optimizer
+    state holds the same trained set in both frameworks, and far less than full's."""
+    import json
+
+    out = tmp_path / "bench.json"
+    bench.main(["--model", "tiny", "--batch", "2", "--lengths", "16", "--steps", "1",
+                "--peft", "lora", "--json", str(out)])
+    assert "| ratio JAX / PyTorch (LoRA r8) |" in capsys.readouterr().out
+    rows = {r["framework"]: r for r in json.loads(out.read_text())["rows"]}
+    lora, full = rows["lmtransfer LoRA r8 (JAX)"], rows["lmtransfer (JAX)"]
+    for ours, peer in ((lora, "transformers+peft LoRA r8 (PyTorch)"),
+                       (full, "transformers (PyTorch)")):
+        assert rows[peer]["opt_bytes"] == pytest.approx(ours["opt_bytes"], rel=0.01)
+    assert lora["opt_bytes"] * 20 < full["opt_bytes"]
+    assert lora["ckpt_bytes"] * 10 < full["ckpt_bytes"]
+    assert 0 < lora["xla_bytes"] < full["xla_bytes"]
 
 
 def test_gpu_script_on_tiny_shapes(tmp_path):
