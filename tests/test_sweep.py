@@ -162,7 +162,7 @@ def get_table(arg=None):
 @pytest.mark.parametrize("spec", [
     "bert_paper.py:size=large,uncased=/u,cased=/c,seeds=2",
     "bert_paper.py:uncased=/u,tables=glue,seeds=1",
-    "minilm_cpu.py:data=/d"])
+    "minilm_cpu.py:data=/d", "peft_minilm_cpu.py:data=/d"])
 def test_table_configs_build_every_run(spec):
     table = sweep.load_table(os.path.join(REPO, "configs", "tables", spec))
     runs = sweep.expand(table, "out")
@@ -175,6 +175,10 @@ def test_table_configs_build_every_run(spec):
         assert tasks["MRPC"]["paper"] == {"f1": 89.3}
         assert tasks["SQuAD-v2.0"]["paper"] == {"exact_match": 78.7, "f1": 81.9}
         assert len([r for r in runs if r.task == "RTE"]) == 4 * 2  # 4 lrs x 2 seeds
+    if spec.startswith("peft"):  # full: the paper's 4 lrs; LoRA: 3; 3 seeds; 2 tasks
+        assert len(runs) == (4 + 3) * 3 * 2
+        assert {r.make_config().peft.method for r in runs if "LoRA" in r.task} == {"lora"}
+        assert {r.make_config().peft.method for r in runs if "full" in r.task} == {""}
     with pytest.raises(ValueError, match="cased"):
         sweep.load_table(os.path.join(REPO, "configs", "tables", "bert_paper.py:tables=conll,"
                                       "uncased=/u"))
