@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -142,9 +143,24 @@ def expand(table: dict, out: str, only: tuple[str, ...] = (), peer: str = "") ->
     return runs
 
 
+class Preempted(SystemExit):
+    """SIGTERM reached the sweep: it stopped after the current run (rerun to continue)."""
+
+
 def execute(runs: list[Run]) -> None:
     """Runs every run that is not done, one after another (resuming partial lmtransfer runs;
-    a peer's unfinished run starts again). Each run's wall time goes to `<workdir>/wall.json`."""
+    a peer's unfinished run starts again). Each run's wall time goes to `<workdir>/wall.json`.
+    A SIGTERM (preemption) stops the sweep once the current run has checkpointed or finished,
+    instead of going on to the next run; the same command continues it."""
+    terminated = []
+    old = signal.signal(signal.SIGTERM, lambda *_: terminated.append(True))
+    try:
+        _execute(runs, terminated)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _execute(runs: list[Run], terminated: list) -> None:
     from lmtransfer import logs, main
 
     for i, run in enumerate(runs):
@@ -169,6 +185,11 @@ def execute(runs: list[Run]) -> None:
             main.run(run.make_config(), run.workdir)
         logs.write_json(os.path.join(run.workdir, "wall.json"),
                         {"wall_seconds": time.time() - start, "resumed": state == "partial"})
+        if terminated or run.status() != "done":  # the run's loop saw the SIGTERM first
+            log.warning("%s: SIGTERM; the sweep stops here (%s). Rerun the same command to "
+                        "continue.", name, "run finished" if run.status() == "done"
+                        else "checkpointed")
+            raise Preempted(128 + signal.SIGTERM)
 
 
 def _with_checkout_on_path() -> dict:

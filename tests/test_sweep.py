@@ -182,3 +182,40 @@ def test_table_configs_build_every_run(spec):
     with pytest.raises(ValueError, match="cased"):
         sweep.load_table(os.path.join(REPO, "configs", "tables", "bert_paper.py:tables=conll,"
                                       "uncased=/u"))
+
+
+def test_sigterm_stops_the_sweep_after_the_current_run(tmp_path, monkeypatch):
+    """Preemption: the run in progress checkpoints (or finishes) and the sweep stops there,
+    instead of starting the next run; the same command continues it."""
+    import signal
+
+    from lmtransfer import main as main_lib
+    from lmtransfer.train import loop
+
+    table, out = write_table(tmp_path / "t.py", str(tmp_path)), str(tmp_path / "sweep")
+    started = []
+
+    def preempted_mid_run(config, workdir):  # the loop's handler sees it, saves and returns
+        started.append(workdir)
+        os.makedirs(workdir, exist_ok=True)
+        preempt = loop._Preemption()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert preempt.requested
+        preempt.restore()
+
+    def signalled_in_final_eval(config, workdir):  # after the last step: the run completes
+        started.append(workdir)
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            f.write("{}")
+
+    args = ["--table", table, "--out", out, "--only", "MRPC"]
+    for fake in (preempted_mid_run, signalled_in_final_eval):
+        monkeypatch.setattr(main_lib, "run", fake)
+        with pytest.raises(sweep.Preempted) as e:
+            sweep.main(args)
+        assert e.value.code == 128 + signal.SIGTERM
+    first = os.path.join(out, "MRPC", "lr=0.001", "seed0")
+    assert started == [first, first]  # neither invocation went on to lr=0.0001
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -61,9 +61,11 @@ class _Preemption:
         self.requested = False
         self._old = signal.signal(signal.SIGTERM, self._handle)
 
-    def _handle(self, *_):
+    def _handle(self, *args):
         log.warning("SIGTERM: saving a checkpoint and stopping after this step")
         self.requested = True
+        if callable(self._old):  # e.g. a sweep's, so it stops too (even after the last step)
+            self._old(*args)
 
     def agreed(self) -> bool:
         if jax.process_count() == 1:
