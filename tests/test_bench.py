@@ -38,28 +38,26 @@ def test_lora_flops_count_frozen_weights_without_their_gradient():
         4 * (kernels - classifier) + 6 * (adapters + classifier) + attention)
 
 
-def test_bench_runs_and_prints_both_frameworks(minilm_path, capsys):
-    bench.main(["--model", minilm_path, "--batch", "2", "--lengths", "8", "--steps", "1"])
-    out = capsys.readouterr().out
-    assert "| 8 | 2 | lmtransfer (JAX) |" in out and "| 8 | 2 | transformers (PyTorch) |" in out
-
-
-def test_bench_lora_rows_beside_full_fine_tuning(tmp_path, capsys):
-    """--peft lora: lmtransfer and peft LoRA rows beside full fine-tuning; the optimizer
-    state holds the same trained set in both frameworks, and far less than full's."""
+def test_bench_runs_and_prints_both_frameworks_with_lora_rows(minilm_path, tmp_path, capsys):
+    """Both frameworks, and with --peft lora the lmtransfer and peft LoRA rows beside full
+    fine-tuning: the optimizer state holds the same trained set in both frameworks, and far
+    less than full fine-tuning's, as do the checkpoint and the step's buffers."""
     import json
 
     out = tmp_path / "bench.json"
-    bench.main(["--model", "tiny", "--batch", "2", "--lengths", "16", "--steps", "1",
+    bench.main(["--model", minilm_path, "--batch", "2", "--lengths", "8", "--steps", "1",
                 "--peft", "lora", "--json", str(out)])
-    assert "| ratio JAX / PyTorch (LoRA r8) |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| 8 | 2 | lmtransfer (JAX) |" in printed
+    assert "| 8 | 2 | transformers (PyTorch) |" in printed
+    assert "| ratio JAX / PyTorch (LoRA r8) |" in printed
     rows = {r["framework"]: r for r in json.loads(out.read_text())["rows"]}
     lora, full = rows["lmtransfer LoRA r8 (JAX)"], rows["lmtransfer (JAX)"]
     for ours, peer in ((lora, "transformers+peft LoRA r8 (PyTorch)"),
                        (full, "transformers (PyTorch)")):
         assert rows[peer]["opt_bytes"] == pytest.approx(ours["opt_bytes"], rel=0.01)
-    assert lora["opt_bytes"] * 20 < full["opt_bytes"]
-    assert lora["ckpt_bytes"] * 10 < full["ckpt_bytes"]
+    assert lora["opt_bytes"] * 100 < full["opt_bytes"]
+    assert lora["ckpt_bytes"] * 100 < full["ckpt_bytes"]
     assert 0 < lora["xla_bytes"] < full["xla_bytes"]
 
 

@@ -14,29 +14,33 @@ rate (the LoRA paper's GLUE runs use 4e-4 to 5e-4 over far more steps; these hav
 
 As in configs/tables/minilm_cpu.py, every task trains on the same seeded random 1,000 examples
 of its train split (`data.max_examples.train`) so that the 42 runs fit a 2-core CPU session;
-the dev splits are evaluated in full. Args: data (a root holding glue/), seeds (3), train (1000;
-0 = all), only (GLUE task names joined by "+", default "sst2+mrpc"), full_lrs and lora_lrs
-(each grid joined by "/"; a subset runs only those points, in the same run directories, so
-two sweep processes can share one table's runs).
+the dev splits are evaluated in full. Args: data (a root holding glue/), seeds (3, or the seeds
+joined by "/"), train (1000; 0 = all), only (GLUE task names joined by "+", default
+"sst2+mrpc"), full_lrs and lora_lrs (grids joined by "/", lora_lrs for every task). A subset
+of seeds or points runs only those runs, in the same run directories, so several sweep
+processes can share one table's runs.
 """
 
 from lmtransfer import config as config_lib
 
 FULL_LRS = "5e-5/4e-5/3e-5/2e-5"  # BERT, Section 4 / Appendix A.3
-LORA_LRS = "5e-4/1e-3/2e-3"
+LORA_LRS = {"sst2": "5e-4/1e-3/2e-3/5e-3", "mrpc": "5e-4/1e-3/2e-3/5e-3"}  # per task; others: SST-2's
 NAMES = {"sst2": "SST-2", "mrpc": "MRPC", "cola": "CoLA", "stsb": "STS-B", "rte": "RTE",
          "qnli": "QNLI", "qqp": "QQP", "mnli": "MNLI"}
 
 
 def get_table(arg=None):
-    a = config_lib.parse_arg(arg, data="../shared/data", seeds=3, train=1000, only="sst2+mrpc",
-                             full_lrs=FULL_LRS, lora_lrs=LORA_LRS)
-    full_lrs, lora_lrs = ([float(x) for x in v.split("/")] for v in (a.full_lrs, a.lora_lrs))
+    a = config_lib.parse_arg(arg, data="../shared/data", seeds="3", train=1000,
+                             only="sst2+mrpc", full_lrs=FULL_LRS, lora_lrs="")
+    seeds = ([int(x) for x in a.seeds.split("/")] if "/" in a.seeds
+             else list(range(int(a.seeds))))
     k = "full" if not a.train else f"{a.train // 1000}k" if a.train % 1000 == 0 else a.train
     tasks = []
     for name in a.only.split("+"):
         if name not in NAMES:
             raise ValueError(f"table arg only={a.only!r}: {name!r} is not one of {sorted(NAMES)}")
+        full_lrs, lora_lrs = (_grid(v) for v in (
+            a.full_lrs, a.lora_lrs or LORA_LRS.get(name, LORA_LRS["sst2"])))
         common = dict(config=f"configs/glue.py:task={name},model=minilm,recipe=bert_paper")
         data = {"data.dir": f"{a.data}/glue", "data.max_examples.train": a.train}
         tasks += [
@@ -45,4 +49,8 @@ def get_table(arg=None):
             dict(name=f"{NAMES[name]}-{k} LoRA r8", grid={"optim.lr": lora_lrs},
                  overrides={**data, "peft.method": "lora"}, **common)]
     return dict(name="LoRA vs full fine-tuning, MiniLM-L6-H384 (packaged all-MiniLM-L6-v2), "
-                "CPU-scale", seeds=list(range(a.seeds)), tasks=tasks)
+                "CPU-scale", seeds=seeds, tasks=tasks)
+
+
+def _grid(spec: str) -> list[float]:
+    return [float(x) for x in spec.split("/")]
