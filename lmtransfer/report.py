@@ -7,9 +7,10 @@ and writes into `--out` (default: the sweep dir): `results.md` (per task: every 
 split at the grid point chosen on dev, as mean ± std over n seeds, the peer's (`--peer hf`, the
 HF Trainer on the same runs) and the paper's numbers and the differences; then the dev metric
 of every grid point and the wall time of each side), `runs.csv` (one row per run, side, split
-and metric), and PNG plots in `plots/`, linked from results.md: `dev_<task>.png` (dev metric
-per grid point, each seed a dot, mean ± std bars, the peer beside) and `curves_<task>.png`
-(training loss of every run at the chosen point).
+and metric; workdirs relative to the sweep dir), and PNG plots in `plots/`, linked from
+results.md: `dev_<task>.png` (dev metric per grid point, each seed a dot, mean ± std bars,
+the peer beside) and `curves_<task>.png` (training loss of every run at the chosen point;
+the task name with spaces and other non-word characters as `_`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import shlex
 import sys
 
@@ -121,7 +123,12 @@ def markdown(summary: dict, report_command: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_csv(summary: dict, path: str) -> None:
+def write_csv(summary: dict, path: str, sweep_dir: str = "") -> None:
+    """One row per run, side, split and metric; workdirs relative to `sweep_dir` (if given),
+    so a committed CSV names no machine's paths."""
+    def where(workdir):
+        return os.path.relpath(workdir, sweep_dir) if sweep_dir else workdir
+
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["side", "task", "grid_point", "seed", "split", "metric", "value",
@@ -131,7 +138,7 @@ def write_csv(summary: dict, path: str) -> None:
                 for metric, value in metrics.items():
                     w.writerow([r["side"], r["task"], r["point"], r["seed"], split, metric,
                                 value, r["train_seconds"], r.get("wall_seconds"),
-                                r["workdir"]])
+                                where(r["workdir"])])
 
 
 def _losses(workdir: str) -> tuple[list[int], list[float]]:
@@ -147,11 +154,17 @@ def _losses(workdir: str) -> tuple[list[int], list[float]]:
     return steps, losses
 
 
+def _file(task: str) -> str:
+    """A task name as a file name that Markdown links keep whole ('MRPC-1k LoRA r8' ->
+    'MRPC-1k_LoRA_r8')."""
+    return re.sub(r"[^\w.-]+", "_", task)
+
+
 def plot_links(summary: dict) -> str:
     lines = ["", "## Plots", ""]
     for task in summary["selected"]:
-        lines.append(f"![{task} dev](plots/dev_{task}.png) "
-                     f"![{task} training loss](plots/curves_{task}.png)")
+        lines.append(f"![{task} dev](plots/dev_{_file(task)}.png) "
+                     f"![{task} training loss](plots/curves_{_file(task)}.png)")
     return "\n".join(lines) + "\n"
 
 
@@ -189,7 +202,7 @@ def plots(summary: dict, out: str) -> list[str]:
         ax.set_xlim(-0.5, len(points) - 0.5 + 0.25 * (len(sides) - 1))
         ax.set_title(f"{task}: {split} {metric}\nper grid point", fontsize=9)
         fig.tight_layout()
-        files.append(os.path.join(out, f"dev_{task}.png"))
+        files.append(os.path.join(out, f"dev_{_file(task)}.png"))
         fig.savefig(files[-1], dpi=110)
         plt.close(fig)
         fig, ax = plt.subplots(figsize=(4.5, 3.2))
@@ -204,7 +217,7 @@ def plots(summary: dict, out: str) -> list[str]:
         ax.set_title(f"{task}: training loss at {sel['point']}", fontsize=9)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        files.append(os.path.join(out, f"curves_{task}.png"))
+        files.append(os.path.join(out, f"curves_{_file(task)}.png"))
         fig.savefig(files[-1], dpi=110)
         plt.close(fig)
     return files
@@ -228,7 +241,7 @@ def main(argv=None) -> str:
         command = shlex.join(["python", "-m", "lmtransfer.report",
                               *(sys.argv[1:] if argv is None else argv)])
         f.write(markdown(summary, command) + plot_links(summary))
-    write_csv(summary, os.path.join(out, "runs.csv"))
+    write_csv(summary, os.path.join(out, "runs.csv"), a.sweep_dir)
     for file in plots(summary, os.path.join(out, "plots")):
         print("wrote", file)
     print("wrote", md)

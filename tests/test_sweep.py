@@ -119,6 +119,9 @@ def test_tiny_sweep_runs_skips_finished_and_resumes_partial(tmp_path, monkeypatc
     rows = list(csv.DictReader(open(out / "runs.csv")))
     assert {r["grid_point"] for r in rows} == {"lr=0.001", "lr=0.0001"}
     assert {r["split"] for r in rows} == {"dev"}
+    # relative to the sweep dir, so a committed CSV names no machine's paths
+    assert {r["workdir"] for r in rows} == {f"MRPC/{p}/seed0" for p in ("lr=0.001", "lr=0.0001")}
+    assert report._file("MRPC-1k LoRA r8") == "MRPC-1k_LoRA_r8"  # a whole Markdown link
 
 
 def test_peer_sweep_runs_the_hf_trainer_on_the_same_runs(tmp_path, minilm_path):
@@ -175,8 +178,8 @@ def test_table_configs_build_every_run(spec):
         assert tasks["MRPC"]["paper"] == {"f1": 89.3}
         assert tasks["SQuAD-v2.0"]["paper"] == {"exact_match": 78.7, "f1": 81.9}
         assert len([r for r in runs if r.task == "RTE"]) == 4 * 2  # 4 lrs x 2 seeds
-    if spec.startswith("peft"):  # full: the paper's 4 lrs; LoRA: 3; 3 seeds; 2 tasks
-        assert len(runs) == (4 + 3) * 3 * 2
+    if spec.startswith("peft"):  # full: the paper's 4 lrs x 3 seeds; LoRA: 4 (SST-2), 2 (MRPC)
+        assert len(runs) == (4 + 4) * 3 + (4 + 2) * 3
         assert {r.make_config().peft.method for r in runs if "LoRA" in r.task} == {"lora"}
         assert {r.make_config().peft.method for r in runs if "full" in r.task} == {""}
     with pytest.raises(ValueError, match="cased"):
