@@ -196,7 +196,7 @@ def test_sigterm_stops_the_sweep_after_the_current_run(tmp_path, monkeypatch):
     from lmtransfer.train import loop
 
     table, out = write_table(tmp_path / "t.py", str(tmp_path)), str(tmp_path / "sweep")
-    started = []
+    started, before = [], signal.getsignal(signal.SIGTERM)
 
     def preempted_mid_run(config, workdir):  # the loop's handler sees it, saves and returns
         started.append(workdir)
@@ -221,4 +221,4 @@ def test_sigterm_stops_the_sweep_after_the_current_run(tmp_path, monkeypatch):
         assert e.value.code == 128 + signal.SIGTERM
     first = os.path.join(out, "MRPC", "lr=0.001", "seed0")
     assert started == [first, first]  # neither invocation went on to lr=0.0001
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) is before  # the sweep put back what it found
