@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from lmtransfer import sharding
+from lmtransfer import peft, sharding
 
 # Dense bf16 peak FLOP/s per device kind (jax device_kind), for MFU.
 PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5p": 459e12,
@@ -34,8 +34,6 @@ def _weights(model) -> tuple[tuple[float, float], tuple[float, float]]:
     """((matmul weights every token runs through, those only decoded positions run through),
     the frozen share of each), read once per model from its kernels and LoRA adapters (the
     training loop asks every step)."""
-    from lmtransfer import peft
-
     def trace(m):
         return jax.eval_shape(m.init_with_output, jax.random.key(0),
                               jnp.zeros((1, 2), jnp.int32))

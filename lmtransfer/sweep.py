@@ -185,10 +185,10 @@ def _execute(runs: list[Run], terminated: list) -> None:
             main.run(run.make_config(), run.workdir)
         logs.write_json(os.path.join(run.workdir, "wall.json"),
                         {"wall_seconds": time.time() - start, "resumed": state == "partial"})
-        if terminated or run.status() != "done":  # the run's loop saw the SIGTERM first
+        finished = run.status() == "done"
+        if terminated or not finished:  # not finished: the run's loop saw the SIGTERM first
             log.warning("%s: SIGTERM; the sweep stops here (%s). Rerun the same command to "
-                        "continue.", name, "run finished" if run.status() == "done"
-                        else "checkpointed")
+                        "continue.", name, "run finished" if finished else "checkpointed")
             raise Preempted(128 + signal.SIGTERM)
 
 
