@@ -19,8 +19,9 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from lmtransfer import peft
+from lmtransfer import paths, peft
 from lmtransfer import sharding as sharding_lib
+from lmtransfer.errors import NotFound
 from lmtransfer.models import ARCHS
 from lmtransfer.models.lora import LoraSpec
 
@@ -30,7 +31,7 @@ BEST_DIR = "best"
 
 def manager(workdir: str, max_to_keep: int | None = 3, **options) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
+        os.path.join(paths.resolve(workdir), CHECKPOINT_DIR),
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, **options))
 
 
@@ -65,11 +66,11 @@ def save_model(workdir: str, step: int, model, params, id2label=None) -> None:
 def resolve(path: str) -> tuple[str, int]:
     """A workdir (its best, else its latest), a checkpoints dir or one step dir ->
     (checkpoint manager dir, step)."""
-    path = os.path.abspath(path)
+    path = paths.resolve(path)
     for root, step in ((os.path.join(path, BEST_DIR), None),
                        (os.path.join(path, CHECKPOINT_DIR), None), (path, None),
-                       (os.path.dirname(path), os.path.basename(path))):
-        if not os.path.isdir(root):
+                       (paths.dirname(path), paths.basename(path))):
+        if not paths.isdir(root):
             continue
         mngr = ocp.CheckpointManager(root)
         steps = mngr.all_steps()
@@ -78,8 +79,8 @@ def resolve(path: str) -> tuple[str, int]:
             return root, int(step)
         if step is None and steps:
             return root, max(steps)
-    raise FileNotFoundError(f"{path}: no lmtransfer checkpoint found (expected a workdir with "
-                            f"{CHECKPOINT_DIR}/<step>/, a checkpoints dir or a step dir)")
+    raise NotFound(f"{path}: no lmtransfer checkpoint found (expected a workdir with "
+                   f"{CHECKPOINT_DIR}/<step>/, a checkpoints dir or a step dir)")
 
 
 def is_checkpoint(path: str) -> bool:
@@ -126,7 +127,7 @@ class TrainCheckpointer:
     """
 
     def __init__(self, workdir: str, keep: int):
-        workdir = os.path.abspath(workdir)
+        workdir = paths.resolve(workdir)
         self.mngr = ocp.CheckpointManager(
             os.path.join(workdir, CHECKPOINT_DIR),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import ml_collections
 
 from lmtransfer import sharding
+from lmtransfer.errors import ConfigError, NotFound
 
 MODES = ("convert", "train", "eval", "predict", "quickstart", "prepare", "generate")
 
@@ -102,7 +103,7 @@ def parse_arg(arg: str | None, **defaults):
         key, _, value = item.partition("=")
         key = key.strip()
         if key not in defaults:
-            raise ValueError(f"unknown config arg {key!r}; known: {sorted(defaults)}")
+            raise ConfigError(f"unknown config arg {key!r}; known: {sorted(defaults)}")
         if not _:
             out[key] = True
             continue
@@ -119,12 +120,12 @@ def parse_arg(arg: str | None, **defaults):
 def import_config_file(path: str, function: str = "get_config", flag: str = "--config"):
     """The module of a config (or table) file that defines `function(arg)`."""
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{flag}: {path} does not exist")
+        raise NotFound(f"{flag}: {path} does not exist")
     spec = importlib.util.spec_from_file_location(f"_lmtransfer_{function}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     if not hasattr(mod, function):
-        raise ValueError(f"{flag}: {path} has no {function}(arg) function")
+        raise ConfigError(f"{flag}: {path} has no {function}(arg) function")
     return mod
 
 
@@ -194,7 +195,7 @@ def expand_user_paths(config: ml_collections.ConfigDict) -> None:
 def validate(config: ml_collections.ConfigDict) -> None:
     """Semantic checks that types alone can't catch; each error names its config key."""
     if config.mode not in MODES:
-        raise ValueError(f"config.mode={config.mode!r}; use one of {MODES}")
+        raise ConfigError(f"config.mode={config.mode!r}; use one of {MODES}")
     sharding.rules_from_config(config.sharding_rules)  # the mesh is checked when it is made
 
 
@@ -231,32 +232,27 @@ def claim_workdir(config: ml_collections.ConfigDict, workdir: str, overwrite: bo
     """A train run owns its workdir: rerunning with the same config resumes; a different
     config is refused (naming the fields) unless `overwrite`, which first removes the old
     run's outputs (`remove`: this process does the removing; every process checks)."""
-    import shutil
+    from lmtransfer import paths
 
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    path = paths.join(workdir, "config.json")
+    if not paths.exists(path):
         return
-    with open(path) as f:
-        old = json.load(f)
+    old = paths.read_json(path)
     diff = changes(old, json.loads(config.to_json_best_effort()))
     if not diff:
         return
     if not overwrite:
         shown = "; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")
-        raise ValueError(f"{workdir} holds a run with a different config ({shown}). Rerun with "
-                         "the same config to resume it, use a new --workdir, or pass "
-                         "--overwrite to discard that run")
+        raise ConfigError(f"{workdir} holds a run with a different config ({shown}). Rerun with "
+                          "the same config to resume it, use a new --workdir, or pass "
+                          "--overwrite to discard that run")
     for name in RUN_OUTPUTS if remove else ():
-        p = os.path.join(workdir, name)
-        if os.path.isdir(p):
-            shutil.rmtree(p)
-        elif os.path.exists(p):
-            os.remove(p)
+        paths.remove(paths.join(workdir, name))
 
 
 def dump(config: ml_collections.ConfigDict, path: str) -> None:
-    """Writes the resolved config as JSON (atomically)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(json.loads(config.to_json_best_effort()), f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    """Writes the resolved config as JSON (whole or not at all)."""
+    from lmtransfer import paths
+
+    paths.write_text(path, json.dumps(json.loads(config.to_json_best_effort()), indent=2,
+                                      sort_keys=True))

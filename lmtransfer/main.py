@@ -17,6 +17,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from lmtransfer import config as config_lib
+from lmtransfer import paths
+from lmtransfer.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:args].",
                                           lock_config=True)
@@ -61,18 +63,29 @@ def run(config, workdir: str, overwrite: bool = False) -> dict:
 
     config_lib.expand_user_paths(config)
     config_lib.validate(config)
-    os.makedirs(workdir, exist_ok=True)
+    workdir = paths.resolve(workdir)
+    paths.makedirs(workdir)
+    if jax.process_index() == 0:
+        paths.check_writable(workdir)  # a bucket without credentials fails here, not at step N
     if config.mode == "train":
         config_lib.claim_workdir(config, workdir, overwrite, remove=jax.process_index() == 0)
         if jax.process_count() > 1:  # the others wait for process 0's check / clean-up
             from jax.experimental import multihost_utils
             multihost_utils.sync_global_devices("lmtransfer:workdir")
+    name = f"{config.mode}_config.json" if config.mode in ("eval", "predict") else "config.json"
+    dumped = paths.join(workdir, name)
+    first = not paths.exists(dumped)
     if jax.process_index() == 0:
-        name = f"{config.mode}_config.json" if config.mode in ("eval", "predict") else (
-            "config.json")
-        config_lib.dump(config, os.path.join(workdir, name))
+        config_lib.dump(config, dumped)
     module, fn = MODES[config.mode].split(":")
-    result = getattr(importlib.import_module(module), fn)(config, workdir)
+    try:
+        result = getattr(importlib.import_module(module), fn)(config, workdir)
+    except UserError:  # refused before it began: the fixed config may use the same workdir
+        if first and jax.process_index() == 0 and not paths.exists(
+                paths.join(workdir, "checkpoints")):
+            for leftover in (dumped, paths.join(workdir, "tokenizer")):
+                paths.remove(leftover)
+        raise
     if jax.process_index() == 0:
         print(json.dumps(result, indent=2, sort_keys=True, default=str))
     return result
@@ -114,11 +127,9 @@ def main(argv):
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     init_distributed(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
                      _PROCESS_ID.value, _INIT_TIMEOUT.value, _HEARTBEAT.value)
-    from lmtransfer.hf.hub import HubError
-
     try:
-        run(_CONFIG.value, os.path.abspath(os.path.expanduser(_WORKDIR.value)), _OVERWRITE.value)
-    except HubError as e:  # a model id that can't be fetched: one line, like a bad flag
+        run(_CONFIG.value, _WORKDIR.value, _OVERWRITE.value)
+    except UserError as e:  # bad input found after flag parsing: one line, exit 2
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from lmtransfer import sharding
+from lmtransfer import paths, sharding
+from lmtransfer.errors import ConfigError
 from lmtransfer.models import lora
 
 log = logging.getLogger(__name__)
@@ -38,20 +39,20 @@ ADAPTERS = ("lora_a", "lora_b")
 def spec_from_config(c) -> lora.LoraSpec | None:
     """`c` = config.peft -> a LoraSpec (None for full fine-tuning); bad values name the key."""
     if c.method not in METHODS:
-        raise ValueError(f"config.peft.method={c.method!r}; use one of {METHODS}")
+        raise ConfigError(f"config.peft.method={c.method!r}; use one of {METHODS}")
     if not c.method:
         return None
     if c.rank < 1:
-        raise ValueError(f"config.peft.rank={c.rank} must be >= 1")
+        raise ConfigError(f"config.peft.rank={c.rank} must be >= 1")
     if c.alpha <= 0:
-        raise ValueError(f"config.peft.alpha={c.alpha} must be > 0")
+        raise ConfigError(f"config.peft.alpha={c.alpha} must be > 0")
     if not 0 <= c.dropout < 1:
-        raise ValueError(f"config.peft.dropout={c.dropout} must be in [0, 1)")
+        raise ConfigError(f"config.peft.dropout={c.dropout} must be in [0, 1)")
     for key in ("targets", "train"):
         try:
             re.compile(c[key])
         except re.error as e:
-            raise ValueError(f"config.peft.{key}={c[key]!r} is not a regex: {e}") from None
+            raise ConfigError(f"config.peft.{key}={c[key]!r} is not a regex: {e}") from None
     return lora.LoraSpec(rank=int(c.rank), alpha=float(c.alpha), dropout=float(c.dropout),
                          targets=c.targets or lora.DEFAULT_TARGETS, train=c.train)
 
@@ -64,15 +65,15 @@ def attach(model, spec: lora.LoraSpec):
     """`model` with adapters on the dense layers `spec.targets` matches (checked)."""
     paths = lora.dense_paths(model)
     if not any(re.search(spec.targets, p) for p in paths):
-        raise ValueError(f"config.peft.targets={spec.targets!r} matches none of the model's "
-                         f"dense layers; they are {', '.join(paths[:8])}, ...")
+        raise ConfigError(f"config.peft.targets={spec.targets!r} matches none of the model's "
+                          f"dense layers; they are {', '.join(paths[:8])}, ...")
     model = model.clone(lora=spec)
     _abstract(model)  # a rank larger than a matrix fails here, naming config.peft.rank
     if spec.train:
         flat = traverse_util.flatten_dict(sharding.unbox(_abstract(model))["params"], sep="/")
         if not any(re.search(spec.train, p) for p in flat):
-            raise ValueError(f"config.peft.train={spec.train!r} matches no parameter; paths "
-                             f"look like {', '.join(list(flat)[:4])}")
+            raise ConfigError(f"config.peft.train={spec.train!r} matches no parameter; paths "
+                              f"look like {', '.join(list(flat)[:4])}")
     return model
 
 
@@ -187,23 +188,21 @@ def files_sha256(src: str) -> str:
     from lmtransfer import checkpoints
     from lmtransfer.hf.files import WEIGHT_FILES
 
-    if os.path.exists(os.path.join(src, "config.json")) and not checkpoints.is_checkpoint(src):
+    if paths.exists(os.path.join(src, "config.json")) and not checkpoints.is_checkpoint(src):
         index = [f for f in WEIGHT_FILES if f.endswith(".index.json")
-                 and os.path.exists(os.path.join(src, f))]
-        files = [f for f in WEIGHT_FILES if os.path.exists(os.path.join(src, f))]
+                 and paths.exists(os.path.join(src, f))]
+        files = [f for f in WEIGHT_FILES if paths.exists(os.path.join(src, f))]
         for f in index:  # sharded weights: the shards the index names
-            with open(os.path.join(src, f)) as fh:
-                files += sorted(set(json.load(fh)["weight_map"].values()))
+            files += sorted(set(paths.read_json(os.path.join(src, f))["weight_map"].values()))
         root = src
     else:
         mngr_dir, step = checkpoints.resolve(src)
         root = os.path.join(mngr_dir, str(step), "params")
-        files = sorted(os.path.relpath(os.path.join(d, f), root)
-                       for d, _, fs in os.walk(root) for f in fs)
+        files = paths.files(root)
     h = hashlib.sha256()
     for f in files:
         h.update(f.encode() + b"\0")
-        with open(os.path.join(root, f), "rb") as fh:
+        with paths.open(os.path.join(root, f), "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 24), b""):
                 h.update(chunk)
     return h.hexdigest()
@@ -211,7 +210,7 @@ def files_sha256(src: str) -> str:
 
 def base_reference(init_from: str, src: str, seed: int, dtype: str) -> dict:
     """What a LoRA checkpoint records about its base (instead of storing it)."""
-    return {"init_from": init_from, "path": os.path.abspath(src), "sha256": files_sha256(src),
+    return {"init_from": init_from, "path": paths.resolve(src), "sha256": files_sha256(src),
             "seed": seed, "dtype": dtype}
 
 
@@ -221,14 +220,14 @@ def load_frozen(model, ref: dict, mesh, rules, **config_overrides):
     from lmtransfer.train import init
 
     src = ref["path"]
-    if not os.path.exists(src):  # e.g. a hub id's cache on another machine
+    if not paths.exists(src):  # e.g. a hub id's cache on another machine
         src = hub.resolve(ref["init_from"], "the LoRA checkpoint's base (init_from)")
     digest = files_sha256(src)
     if digest != ref["sha256"]:
-        raise ValueError(f"the base of this LoRA checkpoint, {src}, changed since it was "
-                         f"trained (sha256 {digest[:12]}... != recorded {ref['sha256'][:12]}"
-                         "...): the adapters belong to the old weights. Restore that base or "
-                         "retrain")
+        raise ConfigError(f"the base of this LoRA checkpoint, {src}, changed since it was "
+                          f"trained (sha256 {digest[:12]}... != recorded {ref['sha256'][:12]}"
+                          "...): the adapters belong to the old weights. Restore that base or "
+                          "retrain")
     _, params = init.load_source(src, model.head, model.num_labels, ref["seed"], mesh, rules,
                                  config_overrides)
     frozen = split(model, params)[1]
@@ -252,9 +251,9 @@ def save_adapter(model, params, out_dir: str, base: str = "") -> str:
     from lmtransfer.hf import convert
 
     if model.lora is None:
-        raise ValueError("config.train.export_peft: the model has no adapters (set "
-                         "config.peft.method=lora, or export merged weights with "
-                         "config.train.export_hf)")
+        raise ConfigError("config.train.export_peft: the model has no adapters (set "
+                          "config.peft.method=lora, or export merged weights with "
+                          "config.train.export_hf)")
     family = hf.family_of(model)
     flat = traverse_util.flatten_dict(hf._host(params), sep="/")
     tensors, targets, saved = {}, set(), set()
@@ -281,9 +280,9 @@ def save_adapter(model, params, out_dir: str, base: str = "") -> str:
         for name, x in convert.to_hf(family, model.clone(lora=None), part).items():
             hf_module = name.rsplit(".", 1)[0]
             if hf_module in targets:
-                raise ValueError(f"PEFT export: {module} is both adapted and trained in full "
-                                 "(config.peft.train); PEFT can't hold both. Export merged "
-                                 "weights (config.train.export_hf) instead")
+                raise ConfigError(f"PEFT export: {module} is both adapted and trained in full "
+                                  "(config.peft.train); PEFT can't hold both. Export merged "
+                                  "weights (config.train.export_hf) instead")
             modules_to_save.add(hf_module)
             tensors[f"base_model.model.{name}"] = x
     cfg = {"peft_type": "LORA", "task_type": TASK_TYPES.get(model.head),
@@ -294,12 +293,12 @@ def save_adapter(model, params, out_dir: str, base: str = "") -> str:
            "init_lora_weights": True}
     if jax.process_index() != 0:
         return out_dir
-    with hf.atomic_dir(out_dir) as tmp:
+    with hf.atomic_dir(out_dir, last=("adapter_config.json",)) as tmp:
         save_file({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()},
                   os.path.join(tmp, "adapter_model.safetensors"), metadata={"format": "pt"})
         with open(os.path.join(tmp, "adapter_config.json"), "w") as f:
             json.dump(cfg, f, indent=2, sort_keys=True)
-    return os.path.abspath(out_dir)
+    return paths.resolve(out_dir)
 
 
 def _refuse_fused(family, model, name: str) -> None:
@@ -311,6 +310,6 @@ def _refuse_fused(family, model, name: str) -> None:
     except Exception:  # noqa: BLE001 (a merge that needs its siblings: fused)
         ok = False
     if not ok:
-        raise ValueError(f"PEFT export: {family.name} fuses {name.rsplit('.', 1)[0]} with "
-                         "other projections in one HF module, so a PEFT adapter can't hold "
-                         "this layer's LoRA. Export merged weights (config.train.export_hf)")
+        raise ConfigError(f"PEFT export: {family.name} fuses {name.rsplit('.', 1)[0]} with "
+                          "other projections in one HF module, so a PEFT adapter can't hold "
+                          "this layer's LoRA. Export merged weights (config.train.export_hf)")

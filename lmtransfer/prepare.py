@@ -26,6 +26,7 @@ import sys
 import time
 
 from lmtransfer.data import build, corpus, store
+from lmtransfer.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +203,8 @@ def prepare(config, out: str, shards=None, workers: int = 0, command: str = "",
     from lmtransfer.train import init
 
     if config.task not in ("clm", "mlm"):
-        raise ValueError(f"config.task={config.task!r}: prepare builds pretraining corpora "
-                         "(configs/pretrain.py)")
+        raise ConfigError(f"config.task={config.task!r}: prepare builds pretraining corpora "
+                          "(configs/pretrain.py)")
     command = command or (f"python -m lmtransfer.prepare --config <this run's config> "
                           f"--out {out}")
     tokenizer = init.load_tokenizer(config, out)  # trained into <out>/tokenizer if asked

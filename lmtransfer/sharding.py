@@ -18,6 +18,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
+from lmtransfer.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -49,11 +51,12 @@ def mesh_shape(spec: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
     """Resolves a `{data, fsdp, tensor}` size mapping; one entry may be -1 to use the rest."""
     unknown = set(spec) - set(MESH_AXES)
     if unknown:
-        raise ValueError(f"config.mesh has unknown axes {sorted(unknown)}; allowed: {MESH_AXES}")
+        raise ConfigError(f"config.mesh has unknown axes {sorted(unknown)}; allowed: {MESH_AXES}")
     sizes = [int(spec.get(a, 1)) for a in MESH_AXES]
     fill = [a for a, s in zip(MESH_AXES, sizes, strict=True) if s == -1]
     if len(fill) > 1 or any(s == 0 or s < -1 for s in sizes):
-        raise ValueError(f"config.mesh={dict(spec)}: sizes must be positive, at most one may be -1")
+        raise ConfigError(f"config.mesh={dict(spec)}: sizes must be positive, at most one "
+                          "may be -1")
     fixed = math.prod(s for s in sizes if s != -1)
     if fill:
         if num_devices % fixed:

@@ -37,6 +37,7 @@ import time
 import numpy as np
 
 from lmtransfer import config as config_lib
+from lmtransfer.errors import ConfigError
 
 log = logging.getLogger("lmtransfer.sweep")  # not "__main__" under python -m
 
@@ -112,7 +113,7 @@ def load_table(spec: str) -> dict:
     for i, t in enumerate(table["tasks"]):
         missing = {"name", "config"} - set(t)
         if missing:
-            raise ValueError(f"{path}: task {i} has no {sorted(missing)}")
+            raise ConfigError(f"{path}: task {i} has no {sorted(missing)}")
     return table
 
 

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from lmtransfer.errors import ConfigError, NotFound
+
 log = logging.getLogger(__name__)
 
 
@@ -27,12 +29,12 @@ def load_tokenizer(path: str):
 
     path = hub.resolve(path, "path", weights=False)  # a hub id -> its cached snapshot dir
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path}: not a directory with tokenizer files "
-                                "(tokenizer.json or vocab.txt)")
+        raise NotFound(f"{path}: not a directory with tokenizer files "
+                       "(tokenizer.json or vocab.txt)")
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     if not tok.is_fast:
-        raise ValueError(f"{path}: only fast tokenizers are supported (offsets are needed for "
-                         "QA and NER); add a tokenizer.json")
+        raise ConfigError(f"{path}: only fast tokenizers are supported (offsets are needed for "
+                          "QA and NER); add a tokenizer.json")
     return tok
 
 
@@ -44,14 +46,14 @@ def set_padding(tok, pad_token: str = "", key: str = "config.model.pad_token"):
     masked, so the choice does not change results)."""
     if pad_token:
         if pad_token not in tok.get_vocab():
-            raise ValueError(f"{key}={pad_token!r} is not a token of the tokenizer "
-                             f"({tok.name_or_path}); use one of its tokens, e.g. its eos "
-                             f"token {tok.eos_token!r}")
+            raise ConfigError(f"{key}={pad_token!r} is not a token of the tokenizer "
+                              f"({tok.name_or_path}); use one of its tokens, e.g. its eos "
+                              f"token {tok.eos_token!r}")
         tok.pad_token = pad_token
     elif tok.pad_token is None:
-        raise ValueError(f"the tokenizer ({tok.name_or_path}) has no pad token; set {key} to "
-                         f"one of its tokens (e.g. its eos token {tok.eos_token!r}: padded "
-                         "positions are masked, so any token the model knows will do)")
+        raise ConfigError(f"the tokenizer ({tok.name_or_path}) has no pad token; set {key} to "
+                          f"one of its tokens (e.g. its eos token {tok.eos_token!r}: padded "
+                          "positions are masked, so any token the model knows will do)")
     tok.padding_side = "right"
     return tok
 

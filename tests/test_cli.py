@@ -73,6 +73,26 @@ def test_bad_config_arg_and_values(tmp_path):
         config_lib.validate(config)
 
 
+def test_user_errors_after_flag_parsing_are_one_line_exit_2(tmp_path):
+    """Bad input the run finds (not the flag parser) is one `error:` line, exit 2, and leaves
+    the workdir free for the corrected command."""
+    from tests.glue_data import make_glue
+
+    glue = make_glue(str(tmp_path / "glue"), n_train=8, n_dev=4, n_test=4)
+    for args, msg in (
+            (["configs/glue.py:task=sst3"], "error: config.data.glue_task='sst3'; use one of"),
+            (["configs/glue.py:task=sst2", f"--config.data.dir={tmp_path}/none"],
+             f"error: {tmp_path}/none/SST-2/train.tsv: file not found; set config.data.dir"),
+            (["configs/glue.py:task=sst2", f"--config.data.dir={glue}",
+              f"--config.init_from={tmp_path}"],
+             f"error: config.init_from={tmp_path}: neither an HF checkpoint directory")):
+        r = cli("--config", *args, workdir=tmp_path / "wd")
+        assert r.returncode == 2, r.stderr[-3000:]
+        assert "Traceback" not in r.stderr
+        assert r.stderr.strip().splitlines()[-1].startswith(msg), r.stderr[-2000:]
+        assert not os.path.exists(tmp_path / "wd" / "config.json")
+
+
 def test_deprecations_from_lmtransfer_are_errors():
     """setup.cfg turns deprecation warnings attributed to lmtransfer code into failures."""
     with pytest.raises(DeprecationWarning):

@@ -26,6 +26,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from lmtransfer.data import shuffle
+from lmtransfer.errors import ConfigError
 
 BATCH_AXES = ("data", "fsdp")
 
@@ -37,8 +38,8 @@ def batch_sharding(mesh) -> NamedSharding:
 def check_batch_size(batch_size: int, mesh, key: str) -> None:
     shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
     if batch_size % shards:
-        raise ValueError(f"{key}={batch_size} must be divisible by data x fsdp = {shards} "
-                         "(the devices the batch is split over)")
+        raise ConfigError(f"{key}={batch_size} must be divisible by data x fsdp = {shards} "
+                          "(the devices the batch is split over)")
 
 
 def host_rows(sharding: NamedSharding, batch_size: int) -> slice:
@@ -190,14 +191,14 @@ def owned_shards(mesh, batch_size: int, num_shards: int) -> list[int]:
     shards, and the global batch is the same whatever the number of processes."""
     key = "config.data.shards"
     if num_shards < 1 or batch_size % num_shards:
-        raise ValueError(f"{key}={num_shards} must be >= 1 and divide "
-                         f"config.train.batch_size={batch_size}")
+        raise ConfigError(f"{key}={num_shards} must be >= 1 and divide "
+                          f"config.train.batch_size={batch_size}")
     rows = host_rows(batch_sharding(mesh), batch_size)
     block = batch_size // num_shards
     if rows.start % block or rows.stop % block:
-        raise ValueError(f"{key}={num_shards}: each process holds {rows.stop - rows.start} rows "
-                         f"of the global batch, not a whole number of shard blocks of {block}; "
-                         f"use a multiple of the process count ({jax.process_count()})")
+        raise ConfigError(f"{key}={num_shards}: each process holds {rows.stop - rows.start} rows "
+                          f"of the global batch, not a whole number of shard blocks of {block}; "
+                          f"use a multiple of the process count ({jax.process_count()})")
     return list(range(rows.start // block, rows.stop // block))
 
 

@@ -11,8 +11,8 @@ naming the file and line.
 from __future__ import annotations
 
 import dataclasses
-import os
 
+from lmtransfer import paths
 from lmtransfer.data.tables import DataError
 
 
@@ -24,9 +24,9 @@ class Sentence:
 
 
 def read_conll(path: str, tag_column: int = -1) -> list[Sentence]:
-    if not os.path.exists(path):
+    if not paths.exists(path):
         raise DataError(f"{path}: file not found (set config.data.dir / config.data.files.*)")
-    with open(path, "rb") as f:
+    with paths.open(path, "rb") as f:
         raw = f.read()
     sentences: list[Sentence] = []
     words, tags, start, ncols = [], [], 0, None

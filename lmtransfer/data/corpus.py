@@ -32,6 +32,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from lmtransfer.data.tables import DataError
+from lmtransfer.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def file_documents(path: str, document: str, text_field: str) -> Iterator[str]:
     records or files: the store builder skips and counts them; blank lines between paragraphs
     separate documents and are not documents themselves)."""
     if document not in DOCUMENT_MODES:
-        raise ValueError(f"config.data.document={document!r}; use one of {DOCUMENT_MODES}")
+        raise ConfigError(f"config.data.document={document!r}; use one of {DOCUMENT_MODES}")
     if path.endswith(".jsonl"):
         for n, line in enumerate(_lines(path), 1):
             if not line.strip():
@@ -199,7 +200,7 @@ def sources(data, split: str) -> Source:
                      key="config.data.tfds_name")
         held_out = not data.tfds_eval_split
     else:
-        raise ValueError(f"config.data.source={data.source!r}; use files or tfds")
+        raise ConfigError(f"config.data.source={data.source!r}; use files or tfds")
     if not held_out:
         return src
     if not 0 < data.eval_fraction < 1:
@@ -236,7 +237,7 @@ class Layout:
     def room(self) -> int:
         room = self.max_length - (3 if self.pairs else len(self.prefix) + len(self.suffix))
         if room < (2 if self.pairs else 1):
-            raise ValueError(f"config.data.max_length={self.max_length} leaves no room for text")
+            raise ConfigError(f"config.data.max_length={self.max_length} leaves no room for text")
         return room
 
     def build(self, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:

@@ -10,7 +10,9 @@ import csv
 import dataclasses
 import os
 
+from lmtransfer import paths
 from lmtransfer.data import tables
+from lmtransfer.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,13 +72,16 @@ TFDS_LABELS = {"mnli": ("entailment", "neutral", "contradiction"),
 def get(name: str) -> GlueTask:
     key = name.lower().replace("-", "")
     if key not in TASKS:
-        raise ValueError(f"config.data.glue_task={name!r}; use one of {sorted(TASKS)}")
+        raise ConfigError(f"config.data.glue_task={name!r}; use one of {sorted(TASKS)}")
     return TASKS[key]
 
 
 def read_split(root: str, task: GlueTask, split: str):
     """Rows of `<root>/<Task>/<split>.tsv` plus the file path."""
     path = os.path.join(root, task.dir, f"{split}.tsv")
+    if not paths.exists(path):
+        raise tables.DataError(f"{path}: file not found; set config.data.dir to the GLUE root "
+                               f"(the directory that holds {task.dir}/)")
     is_test = split.startswith("test")
     columns = None if is_test or task.header is None else list(task.header)
     return tables.read_table(path, columns=columns, fmt="tsv", quoting=csv.QUOTE_NONE), path

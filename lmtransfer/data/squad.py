@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 
+from lmtransfer import paths
 from lmtransfer.data.tables import DataError
+from lmtransfer.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -22,18 +23,18 @@ def parse_range(spec: str, n: int, key: str) -> range:
     try:
         lo, hi = (int(x) if x.strip() else None for x in spec.split(":"))
     except ValueError:
-        raise ValueError(f"{key}={spec!r}: use 'start:stop', e.g. '0:40' or '40:'") from None
+        raise ConfigError(f"{key}={spec!r}: use 'start:stop', e.g. '0:40' or '40:'") from None
     return range(n)[slice(lo, hi)]
 
 
 def read_squad(path: str, articles: str = "", key: str = "config.data.articles") -> tuple[
         list[dict], str]:
     """Questions of the articles `articles` ("a:b") of a SQuAD JSON file, and its version."""
-    if not os.path.exists(path):
+    if not paths.exists(path):
         raise DataError(f"{path}: file not found (set config.data.dir / config.data.files.*)")
     try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
+        with paths.open(path, "rb") as f:
+            doc = json.loads(f.read().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataError(f"{path}: not a UTF-8 SQuAD JSON file ({e})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):

@@ -13,10 +13,13 @@ import json
 import os
 import sys
 
+from lmtransfer import paths
+from lmtransfer.errors import UserError
+
 csv.field_size_limit(sys.maxsize)
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input data; the message names the file and line."""
 
 
@@ -36,7 +39,7 @@ def table_format(path: str) -> str:
 
 def read_utf8(path: str) -> str:
     """A file's text; bytes that are not UTF-8 are an error naming the file and line."""
-    with open(path, "rb") as f:
+    with paths.open(path, "rb") as f:
         raw = f.read()
     try:
         return raw.decode("utf-8")
@@ -50,7 +53,7 @@ def read_table(path: str, columns: list[str] | None = None, fmt: str | None = No
                quoting: int = csv.QUOTE_MINIMAL) -> list[Row]:
     """Reads a table. `columns` names the columns of a header-less TSV/CSV (else line 1 is
     the header). GLUE TSVs need `quoting=csv.QUOTE_NONE` (their quotes are text)."""
-    if not os.path.exists(path):
+    if not paths.exists(path):
         raise DataError(f"{path}: file not found")
     fmt = fmt or table_format(path)
     text = read_utf8(path)  # bytes that are not UTF-8 fail here, with the line

@@ -25,7 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from lmtransfer import paths
 from lmtransfer import sharding as sharding_lib
+from lmtransfer.errors import ConfigError
 from lmtransfer.hf import (
     albert,
     bert,
@@ -72,8 +74,8 @@ def family_for_config(hf_cfg: Mapping[str, Any], source: str = "config.json") ->
         if model_type in family.model_types:
             return family
     known = sorted(t for f in FAMILIES for t in f.model_types)
-    raise ValueError(f"{source}: model_type {model_type!r} is not supported; lmtransfer reads "
-                     f"{', '.join(known)}")
+    raise ConfigError(f"{source}: model_type {model_type!r} is not supported; lmtransfer reads "
+                      f"{', '.join(known)}")
 
 
 def family_of(model) -> Family:
@@ -199,4 +201,4 @@ def save_pretrained(model, params, out_dir: str, tokenizer=None,
             json.dump(hf_config(model, id2label), f, indent=2, sort_keys=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-    return os.path.abspath(out_dir)
+    return paths.resolve(out_dir)

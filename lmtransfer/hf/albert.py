@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from lmtransfer.errors import ConfigError
 from lmtransfer.hf import bert
 from lmtransfer.hf.convert import Family, require
 from lmtransfer.models.albert import Albert, AlbertConfig
@@ -82,18 +83,18 @@ def _merge(tensors, config):
 
 def config_from_hf(hf, source="config.json", **overrides) -> AlbertConfig:
     if hf.get("model_type") != "albert":
-        raise ValueError(f"{source}: model_type is {hf.get('model_type')!r}, not 'albert'")
+        raise ConfigError(f"{source}: model_type is {hf.get('model_type')!r}, not 'albert'")
     require(hf, ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers",
                  "num_attention_heads", "intermediate_size"), source)
     bert.refuse_unsupported(hf, source)
     layers_n = hf["num_hidden_layers"]
     groups = hf.get("num_hidden_groups", 1)
     if not 1 <= groups <= layers_n:
-        raise ValueError(f"{source}: num_hidden_groups={groups} is not supported (1.."
-                         f"num_hidden_layers={layers_n}: HF would build groups no layer uses)")
+        raise ConfigError(f"{source}: num_hidden_groups={groups} is not supported (1.."
+                          f"num_hidden_layers={layers_n}: HF would build groups no layer uses)")
     if hf.get("inner_group_num", 1) < 1:
-        raise ValueError(f"{source}: inner_group_num={hf['inner_group_num']} is not supported "
-                         "(>= 1)")
+        raise ConfigError(f"{source}: inner_group_num={hf['inner_group_num']} is not supported "
+                          "(>= 1)")
     kw = {f: hf[f] for f in FIELDS if hf.get(f) is not None}
     kw["classifier_dropout_prob"] = hf.get("classifier_dropout_prob", 0.1)
     for key in ("bos_token_id", "eos_token_id"):  # a list of ids: the first

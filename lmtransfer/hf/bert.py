@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+from lmtransfer.errors import ConfigError
 from lmtransfer.hf.convert import Family
 from lmtransfer.models import layers
 from lmtransfer.models.bert import Bert, BertConfig
@@ -62,18 +63,18 @@ def refuse_unsupported(hf: dict, source: str) -> None:
     do not implement."""
     pos = hf.get("position_embedding_type", "absolute")
     if pos != "absolute":
-        raise ValueError(f"{source}: position_embedding_type={pos!r} is not supported "
-                         "(only 'absolute')")
+        raise ConfigError(f"{source}: position_embedding_type={pos!r} is not supported "
+                          "(only 'absolute')")
     for key in ("is_decoder", "add_cross_attention"):
         if hf.get(key):
-            raise ValueError(f"{source}: {key}=true is not supported (encoder only)")
+            raise ConfigError(f"{source}: {key}=true is not supported (encoder only)")
     if hf.get("tie_word_embeddings", True) is False:
-        raise ValueError(f"{source}: tie_word_embeddings=false is not supported (the MLM "
-                         "decoder is the word embedding table)")
+        raise ConfigError(f"{source}: tie_word_embeddings=false is not supported (the MLM "
+                          "decoder is the word embedding table)")
     act = hf.get("hidden_act", "gelu")
     if act not in layers.ACTIVATIONS:
-        raise ValueError(f"{source}: hidden_act={act!r} is not supported; lmtransfer has "
-                         f"{sorted(layers.ACTIVATIONS)}")
+        raise ConfigError(f"{source}: hidden_act={act!r} is not supported; lmtransfer has "
+                          f"{sorted(layers.ACTIVATIONS)}")
 
 
 FAMILY = Family(

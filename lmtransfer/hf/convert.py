@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
+from lmtransfer.errors import ConfigError
 from lmtransfer.hf.files import LEAF_TO_HF
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,8 @@ def require(hf: dict, keys, source: str) -> None:
     """A config.json must name what the architecture is built from."""
     missing = [k for k in keys if hf.get(k) is None]
     if missing:
-        raise ValueError(f"{source}: a {hf.get('model_type')!r} config needs "
-                         f"{', '.join(missing)}; is this file from another model?")
+        raise ConfigError(f"{source}: a {hf.get('model_type')!r} config needs "
+                          f"{', '.join(missing)}; is this file from another model?")
 
 
 def _module_regex(template: str) -> re.Pattern:
@@ -177,9 +178,9 @@ def from_hf(family: Family, tensors: dict[str, np.ndarray], model, abstract_para
         problems.append(f"wrong shapes ({len(bad_shape)}):\n  " + "\n  ".join(bad_shape))
     if problems:
         c = model.config
-        raise ValueError(f"{source} does not match {family.name} (layers="
-                         f"{c.num_hidden_layers}, hidden={c.hidden_size}, head={model.head!r}):"
-                         "\n- " + "\n- ".join(problems))
+        raise ConfigError(f"{source} does not match {family.name} (layers="
+                          f"{c.num_hidden_layers}, hidden={c.hidden_size}, head={model.head!r}):"
+                          "\n- " + "\n- ".join(problems))
     if unused:
         log.info("%s: not used by head=%r (dropped): %s", source, model.head, ", ".join(unused))
     if fresh:

@@ -4,6 +4,7 @@ DebertaV2ForTokenClassification, DebertaV2ForQuestionAnswering."""
 
 from __future__ import annotations
 
+from lmtransfer.errors import ConfigError
 from lmtransfer.hf.convert import Family, require
 from lmtransfer.models.deberta_v2 import DebertaV2, DebertaV2Config
 
@@ -58,22 +59,22 @@ def config_from_hf(hf, source="config.json", **overrides) -> DebertaV2Config:
     require(hf, ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                  "intermediate_size"), source)
     if hf.get("model_type") != "deberta-v2":
-        raise ValueError(f"{source}: model_type is {hf.get('model_type')!r}, but this reads "
-                         "DeBERTa-v2/v3 checkpoints (model_type 'deberta-v2')")
+        raise ConfigError(f"{source}: model_type is {hf.get('model_type')!r}, but this reads "
+                          "DeBERTa-v2/v3 checkpoints (model_type 'deberta-v2')")
     if (hf.get("conv_kernel_size") or 0) > 0:
-        raise ValueError(f"{source}: conv_kernel_size={hf['conv_kernel_size']} (DeBERTa-v2's "
-                         "ConvLayer after the first layer) is not supported; lmtransfer reads "
-                         "conv_kernel_size=0 (DeBERTa-v3, deberta-v2 without conv)")
+        raise ConfigError(f"{source}: conv_kernel_size={hf['conv_kernel_size']} (DeBERTa-v2's "
+                          "ConvLayer after the first layer) is not supported; lmtransfer reads "
+                          "conv_kernel_size=0 (DeBERTa-v3, deberta-v2 without conv)")
     head_dim = hf["hidden_size"] // hf["num_attention_heads"]
     if hf.get("attention_head_size", head_dim) != head_dim:
-        raise ValueError(f"{source}: attention_head_size={hf['attention_head_size']} is not "
-                         f"supported; only hidden_size / num_attention_heads = {head_dim}")
+        raise ConfigError(f"{source}: attention_head_size={hf['attention_head_size']} is not "
+                          f"supported; only hidden_size / num_attention_heads = {head_dim}")
     if hf.get("pooler_hidden_size", hf["hidden_size"]) != hf["hidden_size"]:
-        raise ValueError(f"{source}: pooler_hidden_size={hf['pooler_hidden_size']} is not "
-                         f"supported; only hidden_size={hf['hidden_size']}")
+        raise ConfigError(f"{source}: pooler_hidden_size={hf['pooler_hidden_size']} is not "
+                          f"supported; only hidden_size={hf['hidden_size']}")
     if hf.get("tie_word_embeddings", True) is False:
-        raise ValueError(f"{source}: tie_word_embeddings=false is not supported; the MLM "
-                         "decoder is always the word embeddings")
+        raise ConfigError(f"{source}: tie_word_embeddings=false is not supported; the MLM "
+                          "decoder is always the word embeddings")
     kw = {f: hf[f] for f in FIELDS if hf.get(f) is not None}
     if kw.get("embedding_size") == hf["hidden_size"]:
         kw.pop("embedding_size")
@@ -81,7 +82,7 @@ def config_from_hf(hf, source="config.json", **overrides) -> DebertaV2Config:
     try:
         return DebertaV2Config(**{**kw, **overrides})
     except ValueError as e:  # the config's own checks, named after the file
-        raise ValueError(f"{source}: {e}") from None
+        raise ConfigError(f"{source}: {e}") from None
 
 
 def config_to_hf(model) -> dict:

@@ -8,6 +8,7 @@ attention_dropout) become BERT's names in `DistilBertConfig` and are written bac
 
 from __future__ import annotations
 
+from lmtransfer.errors import ConfigError
 from lmtransfer.hf.convert import Family, require
 from lmtransfer.models import layers
 from lmtransfer.models.distilbert import DistilBert, DistilBertConfig
@@ -53,21 +54,21 @@ HF_KEYS = tuple(RENAMED) + SAME
 
 def config_from_hf(hf, source="config.json", **overrides) -> DistilBertConfig:
     if hf.get("model_type") != "distilbert":
-        raise ValueError(f"{source}: model_type is {hf.get('model_type')!r}, not 'distilbert'")
+        raise ConfigError(f"{source}: model_type is {hf.get('model_type')!r}, not 'distilbert'")
     require(hf, ("vocab_size", "dim", "n_layers", "n_heads", "hidden_dim"), source)
     if hf.get("sinusoidal_pos_embds"):
-        raise ValueError(f"{source}: sinusoidal_pos_embds=true is not supported (lmtransfer's "
-                         "DistilBERT learns its position table)")
+        raise ConfigError(f"{source}: sinusoidal_pos_embds=true is not supported (lmtransfer's "
+                          "DistilBERT learns its position table)")
     if hf.get("tie_word_embeddings", True) is False:
-        raise ValueError(f"{source}: tie_word_embeddings=false is not supported (the MLM "
-                         "vocab_projector is the word embedding table)")
+        raise ConfigError(f"{source}: tie_word_embeddings=false is not supported (the MLM "
+                          "vocab_projector is the word embedding table)")
     act = hf.get("activation", "gelu")
     if act not in layers.ACTIVATIONS:
-        raise ValueError(f"{source}: activation={act!r} is not supported; lmtransfer has "
-                         f"{sorted(layers.ACTIVATIONS)}")
+        raise ConfigError(f"{source}: activation={act!r} is not supported; lmtransfer has "
+                          f"{sorted(layers.ACTIVATIONS)}")
     if hf["dim"] % hf["n_heads"]:
-        raise ValueError(f"{source}: dim={hf['dim']} is not divisible by "
-                         f"n_heads={hf['n_heads']}")
+        raise ConfigError(f"{source}: dim={hf['dim']} is not divisible by "
+                          f"n_heads={hf['n_heads']}")
     kw = {RENAMED.get(k, k): hf[k] for k in HF_KEYS if hf.get(k) is not None}
     return DistilBertConfig(**{**kw, **overrides})
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from lmtransfer.errors import ConfigError
 from lmtransfer.hf import bert
 from lmtransfer.hf.convert import Family, require
 from lmtransfer.models.electra import Electra, ElectraConfig
@@ -41,7 +42,7 @@ FIELDS = tuple(f.name for f in dataclasses.fields(ElectraConfig)
 
 def config_from_hf(hf, source="config.json", **overrides) -> ElectraConfig:
     if hf.get("model_type") != "electra":
-        raise ValueError(f"{source}: model_type is {hf.get('model_type')!r}, not 'electra'")
+        raise ConfigError(f"{source}: model_type is {hf.get('model_type')!r}, not 'electra'")
     require(hf, ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers",
                  "num_attention_heads", "intermediate_size"), source)
     bert.refuse_unsupported(hf, source)

@@ -3,16 +3,15 @@ safetensors, pytorch_model.bin, flax_model.msgpack), an export directory out (at
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from flax import traverse_util
+
+from lmtransfer.errors import ConfigError, NotFound
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json", "flax_model.msgpack")
@@ -21,10 +20,10 @@ LEAF_TO_HF = {"kernel": "weight", "embedding": "weight", "scale": "weight", "bia
 
 def check_dir(path: str) -> None:
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path}: not a directory; expected an HF checkpoint directory "
-                                "with config.json and model weights")
+        raise NotFound(f"{path}: not a directory; expected an HF checkpoint directory "
+                       "with config.json and model weights")
     if not os.path.exists(os.path.join(path, "config.json")):
-        raise FileNotFoundError(f"{path}: no config.json; is this an HF checkpoint directory?")
+        raise NotFound(f"{path}: no config.json; is this an HF checkpoint directory?")
 
 
 def read_config(path: str) -> dict[str, Any]:
@@ -34,7 +33,7 @@ def read_config(path: str) -> dict[str, Any]:
         with open(cfg_path) as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_path}: not valid JSON ({e})") from e
+        raise ConfigError(f"{cfg_path}: not valid JSON ({e})") from e
 
 
 def _flax_to_torch_names(tree: Mapping) -> dict[str, np.ndarray]:
@@ -90,22 +89,12 @@ def read_weights(path: str) -> tuple[dict[str, np.ndarray], str]:
 
         with open(file, "rb") as f:
             return _flax_to_torch_names(msgpack_restore(f.read())), file
-    raise FileNotFoundError(f"{path}: no weights found; expected one of {', '.join(WEIGHT_FILES)}")
+    raise NotFound(f"{path}: no weights found; expected one of {', '.join(WEIGHT_FILES)}")
 
 
-@contextlib.contextmanager
-def atomic_dir(out_dir: str):
-    """Yields a temporary directory beside `out_dir` that replaces it on success, so a crash
-    never leaves a half-written export (nor temp files)."""
-    out_dir = os.path.abspath(out_dir)
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out_dir) + "-", dir=parent)
-    try:
-        yield tmp
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def atomic_dir(out_dir: str, last: tuple[str, ...] = ("config.json",)):
+    """A temporary directory that replaces `out_dir` (local or a URL) on success, so a crash
+    never leaves a half-written export (nor temp files); see lmtransfer.paths."""
+    from lmtransfer import paths
+
+    return paths.local_dir_for(out_dir, last)

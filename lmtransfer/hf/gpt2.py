@@ -11,6 +11,7 @@ import re
 
 import numpy as np
 
+from lmtransfer.errors import ConfigError
 from lmtransfer.hf.convert import Family, require
 from lmtransfer.models.gpt import Gpt, GptConfig
 
@@ -71,8 +72,8 @@ def config_from_hf(hf, source="config.json", **overrides) -> GptConfig:
                "add_cross_attention": False}
     for key, expected in refused.items():
         if hf.get(key, expected) != expected:
-            raise ValueError(f"{source}: {key}={hf[key]!r} is not supported (GPT-2 with "
-                             f"{key}={expected})")
+            raise ConfigError(f"{source}: {key}={hf[key]!r} is not supported (GPT-2 with "
+                              f"{key}={expected})")
     kw = dict(vocab_size=hf["vocab_size"], hidden_size=hf["n_embd"],
               num_hidden_layers=hf["n_layer"], num_attention_heads=hf["n_head"],
               intermediate_size=hf.get("n_inner") or 4 * hf["n_embd"],

@@ -15,6 +15,9 @@ import logging
 import os
 import re
 
+from lmtransfer import paths
+from lmtransfer.errors import UserError
+
 log = logging.getLogger(__name__)
 
 CONFIG_FILES = ("config.json", "generation_config.json")
@@ -37,7 +40,7 @@ _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _resolved: dict[tuple[str, str, bool], str] = {}
 
 
-class HubError(FileNotFoundError):
+class HubError(UserError, FileNotFoundError):
     """A hub id that could not be turned into a local snapshot (not cached, offline, no
     such repo); the message names the config key, the id and how to pass a local dir."""
 
@@ -61,10 +64,27 @@ def split_id(source: str) -> tuple[str, str | None] | None:
     return repo_id, revision or None
 
 
+def _from_url(source: str, key: str) -> str:
+    """An HF checkpoint or tokenizer directory in a bucket -> a local copy (transformers and
+    safetensors read local files); anything else there (an lmtransfer workdir or checkpoint,
+    which Orbax reads in place) unchanged."""
+    source = paths.resolve(source)
+    if not paths.exists(source):
+        raise HubError(f"{key}={source}: nothing there (no such object or directory)")
+    names = set(paths.listdir(source)) if paths.isdir(source) else set()
+    from lmtransfer.hf.files import WEIGHT_FILES
+
+    if names & {*WEIGHT_FILES, "tokenizer.json", "vocab.txt", "adapter_config.json"}:
+        return paths.local_copy(source)
+    return source
+
+
 def resolve(source: str, key: str, *, weights: bool = True) -> str:
     """`source` unless it is a hub id (and not an existing local path); then the local
     snapshot dir of that id, downloaded into the HF cache if needed (weights only when
     `weights`). `key` (e.g. "config.init_from") is what errors name."""
+    if paths.is_url(source):
+        return _from_url(source, key)
     if not source or os.path.exists(source):
         return source
     parsed = split_id(source)

@@ -4,6 +4,7 @@ token classification, question answering). One table: the three differ in config
 
 from __future__ import annotations
 
+from lmtransfer.errors import ConfigError
 from lmtransfer.hf.convert import Family, require
 from lmtransfer.models import layers
 from lmtransfer.models.gpt import Gpt, GptConfig
@@ -43,11 +44,11 @@ def _rope(hf, source):
         rope = {"rope_theta": hf.get("rope_theta", 10000.0), **(hf.get("rope_scaling") or {})}
     kind = rope.get("rope_type", rope.get("type", "default"))
     if kind not in ROPE_FIELDS:
-        raise ValueError(f"{source}: rope_type={kind!r} is not supported; lmtransfer reads "
-                         f"{sorted(ROPE_FIELDS)}")
+        raise ConfigError(f"{source}: rope_type={kind!r} is not supported; lmtransfer reads "
+                          f"{sorted(ROPE_FIELDS)}")
     if rope.get("partial_rotary_factor", 1.0) != 1.0:
-        raise ValueError(f"{source}: partial_rotary_factor={rope['partial_rotary_factor']} is "
-                         "not supported (rotary on the whole head only)")
+        raise ConfigError(f"{source}: partial_rotary_factor={rope['partial_rotary_factor']} is "
+                          "not supported (rotary on the whole head only)")
     scaling = () if kind == "default" else tuple(sorted(
         [(k, rope[k]) for k in ROPE_FIELDS[kind]] + [("rope_type", kind)]))
     return float(rope.get("rope_theta", 10000.0)), scaling
@@ -72,7 +73,7 @@ def config_from_hf(hf, source="config.json", **overrides) -> GptConfig:
     model_type = hf["model_type"]
     theta, scaling = _rope(hf, source)
     if hf.get("hidden_act", "silu") not in layers.ACTIVATIONS:
-        raise ValueError(f"{source}: hidden_act={hf['hidden_act']!r} is not supported")
+        raise ConfigError(f"{source}: hidden_act={hf['hidden_act']!r} is not supported")
     bias = hf.get("attention_bias", False)
     window, sliding_layers = _sliding(hf, hf["num_hidden_layers"])
     eos = hf.get("eos_token_id")

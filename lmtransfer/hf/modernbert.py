@@ -13,6 +13,7 @@ import re
 
 import numpy as np
 
+from lmtransfer.errors import ConfigError
 from lmtransfer.hf.convert import Family, require
 from lmtransfer.models import layers
 from lmtransfer.models.modernbert import (
@@ -77,11 +78,11 @@ def _rope_thetas(hf, source) -> dict:
         key = "rope_scaling" if scaling else f"rope_parameters.{kind}"
         rope_type = params.get("rope_type", params.get("type", "default"))
         if rope_type != "default":
-            raise ValueError(f"{source}: {key}.rope_type={rope_type!r} is not supported "
-                             "(only 'default')")
+            raise ConfigError(f"{source}: {key}.rope_type={rope_type!r} is not supported "
+                              "(only 'default')")
         if params.get("partial_rotary_factor", 1.0) != 1.0:
-            raise ValueError(f"{source}: {key}.partial_rotary_factor="
-                             f"{params['partial_rotary_factor']} is not supported")
+            raise ConfigError(f"{source}: {key}.partial_rotary_factor="
+                              f"{params['partial_rotary_factor']} is not supported")
         out[ours] = float(params.get("rope_theta", hf.get(ours, default)))
     return out
 
@@ -92,8 +93,8 @@ def _layer_types(hf, source) -> tuple[str, ...]:
     if types is None:
         return default_layer_types(n, hf.get("global_attn_every_n_layers") or 3)
     if len(types) != n or set(types) - set(LAYER_TYPES):
-        raise ValueError(f"{source}: layer_types={types} must give one of {LAYER_TYPES} for "
-                         f"each of the num_hidden_layers={n} layers")
+        raise ConfigError(f"{source}: layer_types={types} must give one of {LAYER_TYPES} for "
+                          f"each of the num_hidden_layers={n} layers")
     return tuple(types)
 
 
@@ -101,24 +102,24 @@ def refuse_unsupported(hf: dict, source: str) -> None:
     for key in ("hidden_activation", "classifier_activation"):
         act = hf.get(key, "gelu")
         if act not in layers.ACTIVATIONS:
-            raise ValueError(f"{source}: {key}={act!r} is not supported; lmtransfer has "
-                             f"{sorted(layers.ACTIVATIONS)}")
+            raise ConfigError(f"{source}: {key}={act!r} is not supported; lmtransfer has "
+                              f"{sorted(layers.ACTIVATIONS)}")
     pooling = hf.get("classifier_pooling", "cls")
     if pooling not in POOLING:
-        raise ValueError(f"{source}: classifier_pooling={pooling!r} is not supported; use one "
-                         f"of {POOLING}")
+        raise ConfigError(f"{source}: classifier_pooling={pooling!r} is not supported; use one "
+                          f"of {POOLING}")
     if hf.get("tie_word_embeddings", True) is False:
-        raise ValueError(f"{source}: tie_word_embeddings=false is not supported (the MLM "
-                         "decoder is the token embedding table)")
+        raise ConfigError(f"{source}: tie_word_embeddings=false is not supported (the MLM "
+                          "decoder is the token embedding table)")
     head_dim = hf.get("head_dim")
     if head_dim and head_dim != hf["hidden_size"] // hf["num_attention_heads"]:
-        raise ValueError(f"{source}: head_dim={head_dim} is not supported (ModernBERT's heads "
-                         "are hidden_size / num_attention_heads wide)")
+        raise ConfigError(f"{source}: head_dim={head_dim} is not supported (ModernBERT's heads "
+                          "are hidden_size / num_attention_heads wide)")
 
 
 def config_from_hf(hf, source="config.json", **overrides) -> ModernBertConfig:
     if hf.get("model_type") != "modernbert":
-        raise ValueError(f"{source}: model_type is {hf.get('model_type')!r}, not 'modernbert'")
+        raise ConfigError(f"{source}: model_type is {hf.get('model_type')!r}, not 'modernbert'")
     require(hf, ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                  "intermediate_size"), source)
     refuse_unsupported(hf, source)

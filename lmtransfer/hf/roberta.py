@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from lmtransfer.errors import ConfigError
 from lmtransfer.hf import bert
 from lmtransfer.hf.convert import Family, require
 from lmtransfer.models.roberta import Roberta, RobertaConfig
@@ -31,17 +32,17 @@ FIELDS = tuple(f.name for f in dataclasses.fields(RobertaConfig)
 
 def config_from_hf(hf, source="config.json", **overrides) -> RobertaConfig:
     if hf.get("model_type") not in _PREFIX:
-        raise ValueError(f"{source}: model_type is {hf.get('model_type')!r}, not one of "
-                         f"{sorted(_PREFIX)}")
+        raise ConfigError(f"{source}: model_type is {hf.get('model_type')!r}, not one of "
+                          f"{sorted(_PREFIX)}")
     require(hf, ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                  "intermediate_size", "max_position_embeddings"), source)
     bert.refuse_unsupported(hf, source)
     kw = {f: hf[f] for f in FIELDS if hf.get(f) is not None}
     config = RobertaConfig(**{**kw, **overrides})
     if config.max_positions < 1:
-        raise ValueError(f"{source}: max_position_embeddings={config.max_position_embeddings} "
-                         f"leaves no positions after RoBERTa's offset of pad_token_id + 1 = "
-                         f"{config.pad_token_id + 1}")
+        raise ConfigError(f"{source}: max_position_embeddings={config.max_position_embeddings} "
+                          f"leaves no positions after RoBERTa's offset of pad_token_id + 1 = "
+                          f"{config.pad_token_id + 1}")
     return config
 
 

@@ -15,6 +15,7 @@ import flax.linen as nn
 import flax.struct
 import jax.numpy as jnp
 
+from lmtransfer.errors import ConfigError
 from lmtransfer.models import heads as heads_lib
 from lmtransfer.models import layers
 from lmtransfer.models.base import ConfigBase, Model, encoder_inputs
@@ -64,14 +65,14 @@ class BertConfig(ConfigBase):
         """From an HF config.json dict; refuses other model types and unsupported variants."""
         model_type = hf.get("model_type")
         if model_type != "bert":
-            raise ValueError(f"{source}: model_type is {model_type!r}, but lmtransfer reads BERT "
-                             "checkpoints (model_type 'bert')")
+            raise ConfigError(f"{source}: model_type is {model_type!r}, but lmtransfer reads BERT "
+                              "checkpoints (model_type 'bert')")
         pos = hf.get("position_embedding_type", "absolute")
         if pos != "absolute":
-            raise ValueError(f"{source}: position_embedding_type={pos!r} is not supported "
-                             "(only 'absolute')")
+            raise ConfigError(f"{source}: position_embedding_type={pos!r} is not supported "
+                              "(only 'absolute')")
         if hf.get("is_decoder") or hf.get("add_cross_attention"):
-            raise ValueError(f"{source}: decoder / cross-attention BERT is not supported")
+            raise ConfigError(f"{source}: decoder / cross-attention BERT is not supported")
         kw = {f: hf[f] for f in cls.HF_FIELDS if f in hf}
         return cls(**{**kw, **overrides})
 

@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lmtransfer.errors import ConfigError
 from lmtransfer.models import layers
 
 # The attention query and value projections: the LoRA paper's choice and PEFT's default for
@@ -61,9 +62,9 @@ def _create(module: layers.DenseGeneral, spec: LoraSpec, x_shape, kernel):
     names = module.names
     fan_in, fan_out = math.prod(kernel.shape[:n_in]), math.prod(kernel.shape[n_in:])
     if spec.rank > min(fan_in, fan_out):
-        raise ValueError(f"config.peft.rank={spec.rank} is larger than the matrix "
-                         f"{module_path(module)} ({fan_in} x {fan_out}); use a rank <= "
-                         f"{min(fan_in, fan_out)}")
+        raise ConfigError(f"config.peft.rank={spec.rank} is larger than the matrix "
+                          f"{module_path(module)} ({fan_in} x {fan_out}); use a rank <= "
+                          f"{min(fan_in, fan_out)}")
     module.param("lora_a", nn.with_logical_partitioning(_uniform_init(fan_in),
                                                         names[:n_in] + (None,)),
                  kernel.shape[:n_in] + (spec.rank,), jnp.float32)

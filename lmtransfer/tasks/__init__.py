@@ -1,5 +1,6 @@
 """Task plug-ins, by `config.task`."""
 
+from lmtransfer.errors import ConfigError
 from lmtransfer.tasks.base import Split, Task
 
 TASKS = {"classification": "lmtransfer.tasks.classification:ClassificationTask",
@@ -16,7 +17,7 @@ def make_task(config, tokenizer, workdir: str | None = None) -> Task:
     import importlib
 
     if config.task not in TASKS:
-        raise ValueError(f"config.task={config.task!r}; use one of {sorted(TASKS)}")
+        raise ConfigError(f"config.task={config.task!r}; use one of {sorted(TASKS)}")
     module, cls = TASKS[config.task].split(":")
     task = getattr(importlib.import_module(module), cls)
     return task(config, tokenizer, workdir) if config.task in ("clm", "mlm") else task(

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from lmtransfer.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -97,14 +99,14 @@ class Task(abc.ABC):
 
 def check_source(data, allowed: tuple[str, ...]) -> None:
     if data.source not in allowed:
-        raise ValueError(f"config.data.source={data.source!r}; use one of {', '.join(allowed)}")
+        raise ConfigError(f"config.data.source={data.source!r}; use one of {', '.join(allowed)}")
 
 
 def data_file(data, split: str) -> str:
     """`config.data.dir` / `config.data.files.<split>`."""
     name = data.files.get(split)
     if not name:
-        raise ValueError(f"config.data.files.{split} is not set")
+        raise ConfigError(f"config.data.files.{split} is not set")
     return os.path.join(data.dir, name)
 
 

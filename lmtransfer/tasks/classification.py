@@ -19,8 +19,9 @@ import numpy as np
 import optax
 
 from lmtransfer import metrics as metrics_lib
-from lmtransfer import tokenization
+from lmtransfer import paths, tokenization
 from lmtransfer.data import glue, tables, vader
+from lmtransfer.errors import ConfigError
 from lmtransfer.tasks.base import Split, Task, seeded_subset
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ class ClassificationTask(Task):
         self.max_length = config.data.max_length
         source = config.data.source
         if source not in ("glue", "tfds", "files", "vader"):
-            raise ValueError(f"config.data.source={source!r}; use glue, tfds, files or vader")
+            raise ConfigError(f"config.data.source={source!r}; use glue, tfds, files or vader")
         self.source = source
         self.glue = glue.get(config.data.glue_task) if source in ("glue", "tfds") else None
         if self.glue is not None:
@@ -95,7 +96,7 @@ class ClassificationTask(Task):
         else:
             path = self.data.files.get(split)
             if not path:
-                raise ValueError(f"config.data.files.{split} is not set")
+                raise ConfigError(f"config.data.files.{split} is not set")
             rows = tables.read_table(path)
             a, b, label = self.data.text_column, self.data.text_pair_column, self.data.label_column
             id_col = self.data.id_column or None
@@ -189,10 +190,10 @@ class ClassificationTask(Task):
         return float(p) if self.regression else self.labels[int(p)]
 
     def write_predictions(self, split, predictions, out_dir):
-        os.makedirs(out_dir, exist_ok=True)
+        paths.makedirs(out_dir)
         path = os.path.join(out_dir, f"{split.name}.jsonl")
         pred = predictions["score"] if self.regression else predictions["pred"]
-        with open(path, "w") as f:
+        with paths.open(path, "w") as f:
             for i, e in enumerate(split.examples):
                 row = {"id": e["id"], "gold": e["label"], "prediction": self._label(pred[i])}
                 if self.regression:
@@ -208,8 +209,8 @@ class ClassificationTask(Task):
     def _write_glue_submission(self, split, pred, out_dir):
         """`<TASK>.tsv` as the GLUE server expects: `index<TAB>prediction`."""
         path = os.path.join(out_dir, "glue", f"{self.glue.submission_name(split.name)}.tsv")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
+        paths.makedirs(os.path.dirname(path))
+        with paths.open(path, "w") as f:
             f.write("index\tprediction\n")
             for e, p in zip(split.examples, pred, strict=True):
                 value = f"{min(max(float(p), 0.0), 5.0):.3f}" if self.regression else self._label(p)

@@ -41,6 +41,7 @@ import optax
 from lmtransfer import sharding, tokenization
 from lmtransfer.data import batching, corpus
 from lmtransfer.data import store as store_lib
+from lmtransfer.errors import ConfigError
 from lmtransfer.tasks.base import Split, Task
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,8 @@ def store_root(config, workdir: str | None) -> str:
     if config.data.store:
         return config.data.store
     if not workdir:
-        raise ValueError("pretraining reads a token store: set config.data.store (built by "
-                         "python -m lmtransfer.prepare) or run with a --workdir")
+        raise ConfigError("pretraining reads a token store: set config.data.store (built by "
+                          "python -m lmtransfer.prepare) or run with a --workdir")
     return os.path.join(workdir, "store")
 
 
@@ -157,31 +158,31 @@ class PretrainTask(Task):
         self.config, self.data, self.tokenizer = config, config.data, tokenizer
         self.workdir = workdir
         if config.data.max_examples.train or config.data.max_examples.dev:
-            raise ValueError("config.data.max_examples is not used by pretraining: choose the "
-                             "documents with train_files / eval_files and the length with "
-                             "config.train.steps")
+            raise ConfigError("config.data.max_examples is not used by pretraining: choose the "
+                              "documents with train_files / eval_files and the length with "
+                              "config.train.steps")
         self.objective = config.task
         self.head = OBJECTIVES[self.objective]
         tok = tokenizer
         if self.objective == "mlm":
             if tok.mask_token_id is None or tok.cls_token_id is None or tok.sep_token_id is None:
-                raise ValueError("masked LM needs a tokenizer with [MASK], [CLS] and [SEP] "
-                                 "(config.model.tokenizer=wordpiece or a BERT tokenizer dir)")
+                raise ConfigError("masked LM needs a tokenizer with [MASK], [CLS] and [SEP] "
+                                  "(config.model.tokenizer=wordpiece or a BERT tokenizer dir)")
             self.prefix, self.suffix = [tok.cls_token_id], [tok.sep_token_id]
         else:
             end = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
             if end is None:
-                raise ValueError("causal LM needs an end-of-text (eos) or [SEP] token in the "
-                                 "tokenizer to end each document")
+                raise ConfigError("causal LM needs an end-of-text (eos) or [SEP] token in the "
+                                  "tokenizer to end each document")
             self.prefix, self.suffix = [], [end]
         self.special_ids = sorted(set(tok.all_special_ids))
         self.whole_word = self.objective == "mlm" and bool(self.data.whole_word)
         self.pairs = self.data.sentence_pairs if self.objective == "mlm" else ""
         if self.data.sentence_pairs and not self.pairs:
-            raise ValueError("config.data.sentence_pairs needs objective=mlm")
+            raise ConfigError("config.data.sentence_pairs needs objective=mlm")
         if self.pairs and self.whole_word:
-            raise ValueError("config.data.whole_word with sentence_pairs is not supported; "
-                             "turn one of them off")
+            raise ConfigError("config.data.whole_word with sentence_pairs is not supported; "
+                              "turn one of them off")
         if self.pairs:
             self.head = "pretraining"
 

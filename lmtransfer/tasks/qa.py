@@ -27,8 +27,10 @@ import numpy as np
 import optax
 
 from lmtransfer import metrics as metrics_lib
+from lmtransfer import paths
 from lmtransfer.data import squad
 from lmtransfer.data.tables import DataError
+from lmtransfer.errors import ConfigError
 from lmtransfer.tasks.base import Split, Task, check_source, data_file, seeded_subset
 
 log = logging.getLogger(__name__)
@@ -48,8 +50,8 @@ class QaTask(Task):
         self.max_length = config.data.max_length
         check_source(self.data, ("files", "tfds"))
         if not 0 <= self.data.doc_stride < self.max_length // 2:
-            raise ValueError(f"config.data.doc_stride={self.data.doc_stride} must be in "
-                             f"[0, max_length / 2)")
+            raise ConfigError(f"config.data.doc_stride={self.data.doc_stride} must be in "
+                              f"[0, max_length / 2)")
         self._cache: dict[str, Split] = {}
         self.versions: dict[str, str] = {}
 
@@ -190,13 +192,13 @@ class QaTask(Task):
     def write_predictions(self, split, predictions, out_dir):
         """`<split>.predictions.json` in the official format (id -> answer text), v2.0's
         `<split>.null_odds.json`, and `<split>.jsonl` with gold answers and scores."""
-        os.makedirs(out_dir, exist_ok=True)
+        paths.makedirs(out_dir)
         decoded = self.decode(split, predictions)
         files = [os.path.join(out_dir, f"{split.name}.{x}")
                  for x in ("predictions.json", "jsonl")]
-        with open(files[0], "w") as f:
+        with paths.open(files[0], "w") as f:
             json.dump({k: v["text"] for k, v in decoded.items()}, f, ensure_ascii=False)
-        with open(files[1], "w") as f:
+        with paths.open(files[1], "w") as f:
             for q in split.records:
                 p = decoded[q["id"]]
                 f.write(json.dumps({"id": q["id"], "question": q["question"],
@@ -205,7 +207,7 @@ class QaTask(Task):
                                    ensure_ascii=False) + "\n")
         if self.versions.get(split.name) == "2.0":
             files.append(os.path.join(out_dir, f"{split.name}.null_odds.json"))
-            with open(files[-1], "w") as f:
+            with paths.open(files[-1], "w") as f:
                 json.dump({k: v["null_odds"] for k, v in decoded.items()}, f)
         return files
 

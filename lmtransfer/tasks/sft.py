@@ -25,9 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lmtransfer import tokenization
+from lmtransfer import paths, tokenization
 from lmtransfer.data import tables
 from lmtransfer.data.tables import DataError
+from lmtransfer.errors import ConfigError
 from lmtransfer.tasks.base import Split, Task, seeded_subset
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,8 @@ class SftTask(Task):
         self.max_length = config.data.max_length
         self.verbalizers = tuple(config.data.verbalizers)
         if tokenizer.eos_token_id is None:
-            raise ValueError(f"the tokenizer ({tokenizer.name_or_path}) has no eos token: a "
-                             "response needs one to end")
+            raise ConfigError(f"the tokenizer ({tokenizer.name_or_path}) has no eos token: a "
+                              "response needs one to end")
         self.prefix, _ = tokenization.special_tokens(tokenizer)
         self.chat = self._use_chat(config.data.chat_template)
         # Labelled classification data is read by the classification task's readers.
@@ -62,10 +63,10 @@ class SftTask(Task):
     def _use_chat(self, setting: str) -> bool:
         has = bool(getattr(self.tokenizer, "chat_template", None))
         if setting == "on" and not has:
-            raise ValueError(f"config.data.chat_template='on' but the tokenizer "
-                             f"({self.tokenizer.name_or_path}) has no chat template")
+            raise ConfigError(f"config.data.chat_template='on' but the tokenizer "
+                              f"({self.tokenizer.name_or_path}) has no chat template")
         if setting not in ("auto", "on", "off"):
-            raise ValueError(f"config.data.chat_template={setting!r}; use auto, on or off")
+            raise ConfigError(f"config.data.chat_template={setting!r}; use auto, on or off")
         return has and setting != "off"
 
     def eval_splits(self):
@@ -86,14 +87,14 @@ class SftTask(Task):
                 try:
                     prompt = self.data.template.format(**fields)
                 except KeyError as k:
-                    raise ValueError(f"config.data.template names {k}; use {{text_a}}, "
-                                     "{text_b} or {text}") from None
+                    raise ConfigError(f"config.data.template names {k}; use {{text_a}}, "
+                                      "{text_b} or {text}") from None
                 out.append(dict(id=e["id"], prompt=prompt, responses=self.verbalizers,
                                 gold=label, where=e["where"]))
             return out
         path = self.data.files.get(split)
         if not path:
-            raise ValueError(f"config.data.files.{split} is not set")
+            raise ConfigError(f"config.data.files.{split} is not set")
         rows = tables.read_table(path)
         prompts = tables.column(rows, self.data.prompt_column, path)
         responses = tables.column(rows, self.data.response_column, path)  # empty: an error
@@ -107,7 +108,7 @@ class SftTask(Task):
             return
         pool = self._records("train")
         if len(pool) <= k:
-            raise ValueError(f"config.data.shots={k} needs more than {k} training examples")
+            raise ConfigError(f"config.data.shots={k} needs more than {k} training examples")
         rng = np.random.default_rng(self.data.shots_seed)
         for r in records:
             picks = rng.choice(len(pool), k, replace=False)
@@ -254,10 +255,10 @@ class SftTask(Task):
         return out
 
     def write_predictions(self, split, predictions, out_dir):
-        os.makedirs(out_dir, exist_ok=True)
+        paths.makedirs(out_dir)
         path = os.path.join(out_dir, f"{split.name}.jsonl")
         scores = self._scores(split, predictions) if self.verbalizers else None
-        with open(path, "w") as f:
+        with paths.open(path, "w") as f:
             for i, r in enumerate(split.records):
                 row = {"id": r["id"], "where": r["where"]}
                 if scores is None:

@@ -27,7 +27,7 @@ import numpy as np
 import optax
 
 from lmtransfer import metrics as metrics_lib
-from lmtransfer import tokenization
+from lmtransfer import paths, tokenization
 from lmtransfer.data import conll
 from lmtransfer.data.tables import DataError
 from lmtransfer.tasks.base import Split, Task, check_source, data_file, seeded_subset
@@ -196,10 +196,10 @@ class TokenClassificationTask(Task):
         """`<split>.jsonl` (one sentence per line) and `<split>.conll` with `word gold pred`
         lines (`word pred` when unlabelled) and blank lines between sentences: conlleval's
         input format."""
-        os.makedirs(out_dir, exist_ok=True)
+        paths.makedirs(out_dir)
         pred = self.word_predictions(split, predictions["pred"])
         jsonl, text = (os.path.join(out_dir, f"{split.name}.{ext}") for ext in ("jsonl", "conll"))
-        with open(jsonl, "w") as fj, open(text, "w") as fc:
+        with paths.open(jsonl, "w") as fj, paths.open(text, "w") as fc:
             for i, (s, p) in enumerate(zip(split.records, pred, strict=True)):
                 fj.write(json.dumps({"id": i, "where": s.where, "words": s.words,
                                      "gold": s.tags if split.labelled else None,

@@ -18,26 +18,38 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from lmtransfer import checkpoints, hf, models, peft, sharding, tokenization
+from lmtransfer import checkpoints, hf, models, paths, peft, sharding, tokenization
+from lmtransfer.errors import ConfigError, NotFound
 from lmtransfer.hf import hub
 
 log = logging.getLogger(__name__)
 
 
 def _is_hf_dir(path: str) -> bool:
-    return os.path.exists(os.path.join(path, "config.json")) and not checkpoints.is_checkpoint(path)
+    return paths.exists(os.path.join(path, "config.json")) and not checkpoints.is_checkpoint(path)
+
+
+def check_source(src: str, key: str = "config.init_from") -> None:
+    """A model source must be an HF checkpoint dir or an lmtransfer workdir / checkpoint."""
+    if not (_is_hf_dir(src) or checkpoints.is_checkpoint(src)):
+        raise NotFound(f"{key}={src}: neither an HF checkpoint directory (config.json and "
+                       "weights) nor an lmtransfer workdir or checkpoint (checkpoints/<step>/); "
+                       "give one of those or a hub id (org/name), or set it to '' and "
+                       "config.model.preset to train from scratch")
 
 
 def tokenizer_dir(config) -> str:
     if config.model.tokenizer in tokenization.TOKENIZER_KINDS:
-        raise ValueError(f"config.model.tokenizer={config.model.tokenizer!r} trains a tokenizer "
-                         "on the corpus: only pretraining tasks (clm, mlm) do that")
+        raise ConfigError(f"config.model.tokenizer={config.model.tokenizer!r} trains a tokenizer "
+                          "on the corpus: only pretraining tasks (clm, mlm) do that")
     if config.model.tokenizer:
         return hub.resolve(config.model.tokenizer, "config.model.tokenizer", weights=False)
     src = hub.resolve(config.init_from, "config.init_from")  # a hub id -> its snapshot dir
+    if src:
+        check_source(src)
     if src and _is_hf_dir(src):
         return src
-    if src and os.path.isdir(os.path.join(src, "tokenizer")):
+    if src and paths.isdir(os.path.join(src, "tokenizer")):
         return os.path.join(src, "tokenizer")
     return hf.packaged_minilm()
 
@@ -57,7 +69,7 @@ def keep_tokenizer(tokenizer, workdir: str) -> None:
     """Saves the run's tokenizer as `<workdir>/tokenizer` (once, written whole), so
     `init_from=<workdir>` later tokenizes as this run did wherever its source now is."""
     out = os.path.join(workdir, "tokenizer")
-    if jax.process_index() == 0 and not os.path.isdir(out):
+    if jax.process_index() == 0 and not paths.isdir(out):
         with hf.atomic_dir(out) as tmp:
             tokenizer.save_pretrained(tmp)
 
@@ -85,8 +97,8 @@ def check_fits(config, model, tokenizer) -> None:
     limit = getattr(model.config, "max_positions", model.config.max_position_embeddings)
     learned = getattr(model.config, "positions", "learned") == "learned"
     if learned and config.data.max_length > limit:
-        raise ValueError(f"config.data.max_length={config.data.max_length} exceeds the model's "
-                         f"max_position_embeddings={limit}; lower config.data.max_length")
+        raise ConfigError(f"config.data.max_length={config.data.max_length} exceeds the model's "
+                          f"max_position_embeddings={limit}; lower config.data.max_length")
 
 
 def build(config, task, tokenizer, mesh, rules):
@@ -108,8 +120,8 @@ def build_adapted(config, task, tokenizer, mesh, rules):
     if spec is None:
         return model, params, None
     if not config.init_from:
-        raise ValueError("config.peft.method=lora needs a pretrained base: set "
-                         "config.init_from (an HF dir, hub id or lmtransfer workdir)")
+        raise ConfigError("config.peft.method=lora needs a pretrained base: set "
+                          "config.init_from (an HF dir, hub id or lmtransfer workdir)")
     model, params = peft.add_adapters(model, params, spec, config.seed, mesh, rules)
     src = hub.resolve(config.init_from, "config.init_from")
     return model, params, peft.base_reference(config.init_from, src, config.seed,
@@ -120,6 +132,7 @@ def load_source(src: str, head, num_labels: int, seed: int, mesh, rules, overrid
                 key: str = "config.init_from"):
     """(model, params) for `head` from an HF dir or an lmtransfer workdir (its weights; the
     head fresh from `seed` where the source lacks it). A LoRA workdir comes merged."""
+    check_source(src, key)
     if _is_hf_dir(src):
         return hf.load_pretrained(src, head=head, num_labels=num_labels, seed=seed, mesh=mesh,
                                   rules=rules, **overrides)

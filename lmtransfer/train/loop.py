@@ -3,7 +3,8 @@
 Resume: rerunning the same command in the same workdir restores the latest checkpoint (state
 and data position, which is a function of the step) and continues; per-step losses then equal
 an uninterrupted run's. SIGTERM (preemption) saves a checkpoint at the next step and exits.
-Two runs writing one workdir at once are refused (an flock on `<workdir>/.lock`).
+Two runs writing one local workdir at once are refused (an flock on `<workdir>/.lock`); object
+stores have no such lock, so in a bucket one run per workdir is up to the launcher.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lmtransfer import checkpoints, faults, hf, logs, peft, perf, sharding
+from lmtransfer import checkpoints, faults, hf, logs, paths, peft, perf, sharding
 from lmtransfer.data import batching
+from lmtransfer.errors import ConfigError
 from lmtransfer.train import evaluate as eval_lib
 from lmtransfer.train import init, optim
 from lmtransfer.train import state as state_lib
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 @contextlib.contextmanager
 def workdir_lock(workdir: str):
     """Exclusive lock on the workdir for this run; released even on kill -9 (by the OS)."""
-    if jax.process_index() != 0:
+    if jax.process_index() != 0 or paths.is_url(workdir):
         yield
         return
     path = os.path.join(workdir, ".lock")
@@ -88,8 +90,8 @@ def train(config, workdir: str) -> dict:
     batching.check_batch_size(t.eval_batch_size, mesh, "config.train.eval_batch_size")
     if t.batch_size % t.grad_accum or (t.batch_size // t.grad_accum) % (
             mesh.shape["data"] * mesh.shape["fsdp"]):
-        raise ValueError(f"config.train.batch_size={t.batch_size} must split into "
-                         f"grad_accum={t.grad_accum} microbatches divisible by data x fsdp")
+        raise ConfigError(f"config.train.batch_size={t.batch_size} must split into "
+                          f"grad_accum={t.grad_accum} microbatches divisible by data x fsdp")
     tokenizer = init.load_tokenizer(config, workdir)
     init.keep_tokenizer(tokenizer, workdir)
     task = make_task(config, tokenizer, workdir)
@@ -102,8 +104,8 @@ def train(config, workdir: str) -> dict:
         raise ValueError("set config.train.steps or config.train.epochs > 0")
     tx, lr = optim.make(config.optim, total)
     if t.export_peft and peft.spec_from_config(config.peft) is None:
-        raise ValueError("config.train.export_peft=True writes LoRA adapters, but this run has "
-                         "none: set config.peft.method=lora (or use config.train.export_hf)")
+        raise ConfigError("config.train.export_peft=True writes LoRA adapters, but this run has "
+                          "none: set config.peft.method=lora (or use config.train.export_hf)")
 
     with workdir_lock(workdir):
         ckpt = checkpoints.TrainCheckpointer(workdir, t.keep_checkpoints)

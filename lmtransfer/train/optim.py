@@ -16,6 +16,8 @@ import jax
 import optax
 from flax import traverse_util
 
+from lmtransfer.errors import ConfigError
+
 
 def schedule(c, total_steps: int) -> optax.Schedule:
     """`c` = config.optim: lr, warmup_steps or warmup_ratio, decay."""
@@ -28,7 +30,7 @@ def schedule(c, total_steps: int) -> optax.Schedule:
         "constant": optax.constant_schedule(c.lr),
     }
     if c.decay not in decays:
-        raise ValueError(f"config.optim.decay={c.decay!r}; use one of {sorted(decays)}")
+        raise ConfigError(f"config.optim.decay={c.decay!r}; use one of {sorted(decays)}")
     if warmup == 0:
         return decays[c.decay]
     return optax.join_schedules([optax.linear_schedule(0.0, c.lr, warmup), decays[c.decay]],
@@ -53,7 +55,7 @@ def frozen_labels(pattern: str):
     try:
         regex = re.compile(pattern)
     except re.error as e:
-        raise ValueError(f"config.optim.freeze={pattern!r} is not a regex: {e}") from None
+        raise ConfigError(f"config.optim.freeze={pattern!r} is not a regex: {e}") from None
 
     def labels(params):
         out = jax.tree_util.tree_map_with_path(
@@ -62,10 +64,10 @@ def frozen_labels(pattern: str):
             return out
         values = jax.tree.leaves(out)
         if "frozen" not in values:
-            raise ValueError(f"config.optim.freeze={pattern!r} matches no parameter; paths "
-                             f"look like {', '.join(_path(p) for p, _ in _examples(params))}")
+            raise ConfigError(f"config.optim.freeze={pattern!r} matches no parameter; paths "
+                              f"look like {', '.join(_path(p) for p, _ in _examples(params))}")
         if "train" not in values:
-            raise ValueError(f"config.optim.freeze={pattern!r} freezes every parameter")
+            raise ConfigError(f"config.optim.freeze={pattern!r} freezes every parameter")
         return out
 
     return labels
@@ -82,13 +84,13 @@ def layer_scales(params, decay: float):
     tops = {k[0] for k in flat}
     shared = sorted(t for t in tops if t.startswith("shared_layer"))
     if shared:
-        raise ValueError(f"config.optim.layer_decay={decay}: this model shares its layers "
-                         f"({', '.join(shared)}, ALBERT), so they have no single depth; "
-                         "use layer_decay=1")
+        raise ConfigError(f"config.optim.layer_decay={decay}: this model shares its layers "
+                          f"({', '.join(shared)}, ALBERT), so they have no single depth; "
+                          "use layer_decay=1")
     depth = {t: int(m.group(1)) + 1 for t in tops if (m := re.fullmatch(r"layer_(\d+)", t))}
     if not depth:
-        raise ValueError(f"config.optim.layer_decay={decay}: the model has no layer_<i> "
-                         "modules to decay over")
+        raise ConfigError(f"config.optim.layer_decay={decay}: the model has no layer_<i> "
+                          "modules to decay over")
     top = max(depth.values()) + 1
 
     def scale(top_module: str) -> float:
@@ -123,7 +125,7 @@ def make(c, total_steps: int) -> tuple[optax.GradientTransformation, optax.Sched
                              mask=decay_mask))
     decay = c.get("layer_decay", 1.0)
     if not 0 < decay <= 1:
-        raise ValueError(f"config.optim.layer_decay={decay} must be in (0, 1]")
+        raise ConfigError(f"config.optim.layer_decay={decay} must be in (0, 1]")
     tx = optax.chain(*parts)
     if c.get("freeze", ""):
         tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
