@@ -23,6 +23,8 @@ import re
 import shlex
 import sys
 
+from lmtransfer import paths
+
 
 def _shown(metric: str, selection: dict) -> bool:
     """Scores, not bookkeeping (example counts, eval speed; loss unless it is the score)."""
@@ -143,14 +145,13 @@ def write_csv(summary: dict, path: str, sweep_dir: str = "") -> None:
 
 def _losses(workdir: str) -> tuple[list[int], list[float]]:
     steps, losses = [], []
-    path = os.path.join(workdir, "metrics.jsonl")
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                row = json.loads(line)
-                if row.get("kind") == "train" and "loss" in row:
-                    steps.append(row["step"])
-                    losses.append(row["loss"])
+    path = paths.join(workdir, "metrics.jsonl")
+    if paths.exists(path):
+        for line in paths.read_text(path).splitlines():
+            row = json.loads(line)
+            if row.get("kind") == "train" and "loss" in row:
+                steps.append(row["step"])
+                losses.append(row["loss"])
     return steps, losses
 
 
@@ -228,24 +229,25 @@ def main(argv=None) -> str:
     p.add_argument("sweep_dir")
     p.add_argument("--out", default="", help="where the report goes (default: the sweep dir)")
     a = p.parse_args(argv)
-    out = a.out or a.sweep_dir
-    path = os.path.join(a.sweep_dir, "summary.json")
-    if not os.path.exists(path):
+    sweep_dir = paths.resolve(a.sweep_dir)
+    out = paths.resolve(a.out or a.sweep_dir)
+    path = paths.join(sweep_dir, "summary.json")
+    if not paths.exists(path):
         raise SystemExit(f"{path} does not exist: run `python -m lmtransfer.sweep --table ... "
                          f"--out {a.sweep_dir}` first")
-    with open(path) as f:
-        summary = json.load(f)
-    os.makedirs(out, exist_ok=True)
-    md = os.path.join(out, "results.md")
-    with open(md, "w") as f:
+    summary = paths.read_json(path)
+    staged = paths.Staged(out)  # a bucket's report is written here, then uploaded
+    paths.makedirs(staged.local)
+    with open(os.path.join(staged.local, "results.md"), "w") as f:
         command = shlex.join(["python", "-m", "lmtransfer.report",
                               *(sys.argv[1:] if argv is None else argv)])
         f.write(markdown(summary, command) + plot_links(summary))
-    write_csv(summary, os.path.join(out, "runs.csv"), a.sweep_dir)
-    for file in plots(summary, os.path.join(out, "plots")):
-        print("wrote", file)
-    print("wrote", md)
-    return md
+    write_csv(summary, os.path.join(staged.local, "runs.csv"), sweep_dir)
+    files = plots(summary, os.path.join(staged.local, "plots"))
+    staged.close()
+    for file in [*files, os.path.join(staged.local, "results.md")]:
+        print("wrote", paths.join(out, os.path.relpath(file, staged.local)))
+    return paths.join(out, "results.md")
 
 
 if __name__ == "__main__":

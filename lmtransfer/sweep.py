@@ -37,6 +37,7 @@ import time
 import numpy as np
 
 from lmtransfer import config as config_lib
+from lmtransfer import paths
 from lmtransfer.errors import ConfigError
 
 log = logging.getLogger("lmtransfer.sweep")  # not "__main__" under python -m
@@ -63,9 +64,9 @@ class Run:
         return [*self.overrides, *self.point, ("seed", self.seed)]
 
     def status(self) -> str:
-        if os.path.exists(os.path.join(self.workdir, "results.json")):
+        if paths.exists(paths.join(self.workdir, "results.json")):
             return "done"
-        return "partial" if os.path.isdir(os.path.join(self.workdir, "checkpoints")) else "todo"
+        return "partial" if paths.isdir(paths.join(self.workdir, "checkpoints")) else "todo"
 
     def command(self) -> list[str]:
         flags = [f"--config.{k}={_flag(v)}" for k, v in self.all_overrides()]
@@ -175,6 +176,9 @@ def _execute(runs: list[Run], terminated: list) -> None:
                  "starting")
         start = time.time()
         if run.peer:
+            if paths.is_url(run.workdir):
+                raise ConfigError(f"--peer {run.peer} writes local files only; give a local "
+                                  f"--out (not {run.workdir})")
             os.makedirs(run.workdir, exist_ok=True)
             path = os.path.join(run.workdir, "log.txt")
             with open(path, "w") as f:
@@ -184,7 +188,7 @@ def _execute(runs: list[Run], terminated: list) -> None:
                 raise RuntimeError(f"{name} failed (exit {done.returncode}): see {path}")
         else:
             main.run(run.make_config(), run.workdir)
-        logs.write_json(os.path.join(run.workdir, "wall.json"),
+        logs.write_json(paths.join(run.workdir, "wall.json"),
                         {"wall_seconds": time.time() - start, "resumed": state == "partial"})
         finished = run.status() == "done"
         if terminated or not finished:  # not finished: the run's loop saw the SIGTERM first
@@ -203,11 +207,10 @@ def collect(runs: list[Run]) -> list[dict]:
     """One row per finished run: its task, grid point, seed and every split's metrics."""
     rows = []
     for run in runs:
-        path = os.path.join(run.workdir, "results.json")
-        if not os.path.exists(path):
+        path = paths.join(run.workdir, "results.json")
+        if not paths.exists(path):
             continue
-        with open(path) as f:
-            res = json.load(f)
+        res = paths.read_json(path)
         rows.append(dict(task=run.task, point=run.point_name, seed=run.seed,
                          workdir=run.workdir, selection=res["selection"],
                          # lmtransfer: the best checkpoint on dev; the Trainer: its final model
@@ -220,14 +223,13 @@ def collect(runs: list[Run]) -> list[dict]:
 def _wall_seconds(workdir: str) -> float | None:
     """The run's wall time as the sweep timed it (`wall.json`); for a run made elsewhere
     (`--print`), from its config.json (written first) to its results.json (written last)."""
-    path = os.path.join(workdir, "wall.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)["wall_seconds"]
-    first = os.path.join(workdir, "config.json")
-    if not os.path.exists(first):
+    path = paths.join(workdir, "wall.json")
+    if paths.exists(path):
+        return paths.read_json(path)["wall_seconds"]
+    first = paths.join(workdir, "config.json")
+    if not paths.exists(first):
         return None
-    return os.path.getmtime(os.path.join(workdir, "results.json")) - os.path.getmtime(first)
+    return paths.getmtime(paths.join(workdir, "results.json")) - paths.getmtime(first)
 
 
 def select(rows: list[dict]) -> dict[str, dict]:
@@ -277,7 +279,7 @@ def main(argv=None) -> dict:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(a.compilation_cache))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     table = load_table(a.table)
-    out = os.path.abspath(os.path.expanduser(a.out))
+    out = paths.resolve(a.out)
     only = tuple(filter(None, a.only.split(",")))
     runs = expand(table, out, only, a.peer)
     if a.print:  # with --out as given: '~/bucket/...' expands on the machine that runs it
@@ -301,9 +303,7 @@ def main(argv=None) -> dict:
                "tasks": {t["name"]: {k: t.get(k) for k in ("paper", "source", "config")}
                          for t in table["tasks"]},
                "selected": select(rows), "runs": rows, "peers": peers}
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    paths.write_text(paths.join(out, "summary.json"), json.dumps(summary, indent=2))
     return summary
 
 

@@ -114,3 +114,25 @@ def test_missing_bucket_is_refused_before_training(glue_root, gcs_emulator, tmp_
     assert err.startswith("error: gs://no-such-bucket/run: writing failed")
     assert "gcloud auth application-default login" in err and "bucket exists" in err
     assert "Traceback" not in r.stderr and "step 1" not in r.stderr
+
+
+def test_sweep_and_report_in_bucket(bucket_dir, tmp_path):
+    from lmtransfer import report, sweep
+    from tests.test_sweep import write_table
+
+    root = make_glue(str(tmp_path / "glue"), n_train=32)
+    table = write_table(tmp_path / "t.py", root)
+    out = paths.join(bucket_dir, "sweep")
+    args = ["--table", table, "--out", out, "--only", "MRPC", "--compilation_cache", ""]
+    summary = sweep.main(args)
+    assert set(summary["selected"]["MRPC"]["dev_by_point"]) == {"lr=0.001", "lr=0.0001"}
+    assert paths.read_json(paths.join(out, "summary.json"))["selected"] == summary["selected"]
+    runs = sweep.expand(sweep.load_table(table), out, only=("MRPC",))
+    assert [r.status() for r in runs] == ["done", "done"]  # a rerun skips them
+    md = report.main([out])
+    assert md == paths.join(out, "results.md")
+    assert "| MRPC | dev | accuracy |" in paths.read_text(md)
+    with paths.open(paths.join(out, "plots", "curves_MRPC.png"), "rb") as f:
+        assert f.read(4) == b"\x89PNG"  # drawn from the runs' metrics.jsonl in the bucket
+    rows = paths.read_text(paths.join(out, "runs.csv")).splitlines()
+    assert rows[1].endswith("MRPC/lr=0.001/seed0")  # relative to the sweep dir
