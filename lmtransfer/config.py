@@ -37,6 +37,11 @@ def base_config() -> ml_collections.ConfigDict:
     # remat: recompute each layer's activations in the backward pass (less memory).
     c.model = ml_collections.ConfigDict(dict(dtype="float32", param_dtype="float32",
                                              attention="auto", remat=False))
+    # Experiment tracking beside TensorBoard: a W&B project logs the same metrics, the
+    # resolved config and the results from process 0 (wandb_mode: "" = W&B's own setting,
+    # e.g. WANDB_MODE; "offline" writes the run locally for `wandb sync`).
+    c.logging = ml_collections.ConfigDict(dict(wandb_project="", wandb_entity="",
+                                               wandb_name="", wandb_mode=""))
     return c
 
 
@@ -200,11 +205,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 # Fields a rerun in the same workdir may change: they don't change what the run computes.
-RESUME_MAY_CHANGE = ("mode", "train.log_every", "train.eval_every", "train.checkpoint_every",
+RESUME_MAY_CHANGE = ("mode", "logging.wandb_project", "logging.wandb_entity",
+                     "logging.wandb_name", "logging.wandb_mode", "train.log_every",
+                     "train.eval_every", "train.checkpoint_every",
                      "train.keep_checkpoints", "train.export_hf", "train.export_peft",
                      "train.eval_batch_size", "data.prepare_workers")
 # What a train run writes into its workdir (removed by --overwrite).
-RUN_OUTPUTS = ("checkpoints", "best", "tb", "predictions", "hf", "peft", "tokenizer",
+RUN_OUTPUTS = ("checkpoints", "best", "tb", "wandb", "predictions", "hf", "peft", "tokenizer",
                "store", "metrics.jsonl", "results.json", "eval_results.json",
                "predict_results.json", "config.json")
 

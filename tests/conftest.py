@@ -55,8 +55,9 @@ def make_hf_model(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def gcs_emulator(tmp_path_factory):
-    """A local Google Cloud Storage emulator (tests/gcs_emulator.py) with a bucket `bkt`. The clients are pointed at it by their documented endpoint settings, in this process
-    and the subprocesses tests start: gcsfs by STORAGE_EMULATOR_HOST, tensorstore (Orbax's
+    """A local Google Cloud Storage emulator (tests/gcs_emulator.py) with a bucket `bkt`.
+    The clients are pointed at it by their documented endpoint settings, in this process and
+    the subprocesses tests start: gcsfs by STORAGE_EMULATOR_HOST, tensorstore (Orbax's
     array writer) by TENSORSTORE_GCS_HTTP_URL with a fixed test token."""
     with socket.socket() as s:
         s.bind(("localhost", 0))

@@ -133,7 +133,7 @@ def train(config, workdir: str) -> dict:
                           out_shardings=(state_sh, sharding.replicated(mesh)),
                           donate_argnums=(0,))
         eval_fn = jax.jit(make_eval_step(model, task))
-        writer = logs.MetricWriter(workdir)
+        writer = logs.MetricWriter(workdir, config)
         preempt = _Preemption()
         start = int(state.step)
         log.info("training %s: %d examples, %d steps (%d per epoch), global batch %d, "
@@ -220,6 +220,7 @@ def train(config, workdir: str) -> dict:
                 ckpt.wait()
                 _write_outputs(config, workdir, task, eval_fn, eval_splits, mesh, rules, buckets,
                                tokenizer, results)
+                writer.results(results)
         progress.close()
         preempt.restore()
         writer.close()
