@@ -2,16 +2,18 @@
 # Runs `python -m lmtransfer.main ...` on every worker of a Cloud TPU VM (single host or pod).
 #
 #   ./run_tpu.sh --tpu NAME --zone ZONE [--project P] [--create --accelerator v4-32
-#                [--version tpu-ubuntu2204-base] [--spot]] [--bucket B] [--no-install]
+#                [--version tpu-ubuntu2204-base] [--spot]] [--mount B] [--no-install]
 #                [--dry-run] -- --config configs/pretrain.py:objective=mlm,model=bert-base \
-#                --config.data.tfds_name=wikipedia/20230601.en --workdir ~/bucket/runs/bert
+#                --config.data.tfds_name=wikipedia/20230601.en --workdir gs://B/runs/bert
 #
 # Steps (each a gcloud command; --dry-run prints them instead of running them):
 #   1. --create: create the TPU VM (`gcloud compute tpus tpu-vm create`).
 #   2. copy this checkout (git archive of HEAD, so uncommitted files never ship) to all workers.
 #   3. install the project on all workers (jax[tpu] at the version setup.cfg pins, then the
-#      package); --bucket B also installs gcsfuse and mounts gs://B at ~/bucket: multi-host
-#      runs need a --workdir that every worker sees (checkpoints are written by all hosts).
+#      package). Multi-host runs need a --workdir that every worker sees (checkpoints are
+#      written by all hosts): a gs:// URL is written directly, with the VM's service account.
+#      --mount B (optional, for tools that want a filesystem) also installs gcsfuse and
+#      mounts gs://B at ~/bucket.
 #   4. launch the same command on all workers with --distributed=on: jax.distributed finds
 #      the coordinator, the process count and this worker's index from the TPU metadata.
 # Rerunning the same command resumes from the workdir's latest checkpoint.
@@ -27,7 +29,7 @@ while [[ $# -gt 0 ]]; do
     --project) PROJECT="$2"; shift 2 ;;
     --accelerator) ACCELERATOR="$2"; shift 2 ;;
     --version) VERSION="$2"; shift 2 ;;
-    --bucket) BUCKET="$2"; shift 2 ;;
+    --mount) BUCKET="$2"; shift 2 ;;
     --create) CREATE=1; shift ;;
     --spot) SPOT=1; shift ;;
     --no-install) INSTALL=0; shift ;;

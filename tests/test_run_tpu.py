@@ -14,7 +14,7 @@ def dry_run(*args):
 
 def test_dry_run_creates_copies_installs_and_launches_on_every_worker():
     main_args = ["--config", "configs/pretrain.py:objective=mlm,model=bert-base",
-                 "--config.data.train_files=/data/*.txt", "--workdir", "/home/me/bucket/r1"]
+                 "--config.data.train_files=gs://b/data/*.txt", "--workdir", "gs://b/runs/r1"]
     r = dry_run("--tpu", "pod1", "--zone", "us-central2-b", "--project", "proj",
                 "--create", "--accelerator", "v4-32", "--spot", "--", *main_args)
     assert r.returncode == 0, r.stderr
@@ -35,6 +35,15 @@ def test_dry_run_creates_copies_installs_and_launches_on_every_worker():
     assert remote[:3] == ["cd", "~/lmtransfer", "&&"]
     assert remote[3:8] == ["python", "-m", "lmtransfer.main", "--distributed=on", "--config"]
     assert remote[7:] == main_args  # arguments arrive intact (commas, globs, spaces)
+    assert "gcsfuse" not in r.stdout  # the bucket is written directly: nothing to mount
+
+
+def test_dry_run_mount_is_optional():
+    r = dry_run("--tpu", "t", "--zone", "z", "--no-install", "--mount", "bkt", "--",
+                "--workdir", "~/bucket/r1")
+    assert r.returncode == 0, r.stderr
+    mount = [c for c in map(shlex.split, r.stdout.splitlines()) if "gcsfuse" in " ".join(c)]
+    assert len(mount) == 1 and "gcsfuse --implicit-dirs bkt ~/bucket" in mount[0][-1]
 
 
 def test_dry_run_argument_errors():
