@@ -18,6 +18,7 @@ A train command without config.data.store prepares `<workdir>/store` itself on f
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
@@ -25,6 +26,7 @@ import shlex
 import sys
 import time
 
+from lmtransfer import paths
 from lmtransfer.data import build, corpus, store
 from lmtransfer.errors import ConfigError
 
@@ -70,9 +72,9 @@ SMALL_CORPUS = 8 << 20  # bytes of text below which one in-process worker is qui
 
 def open_or_create(path: str, manifest: dict) -> store.Store:
     """The store at `path`, created if absent; one built from other data is refused."""
-    os.makedirs(path, exist_ok=True)
-    mpath = os.path.join(path, "manifest.json")
-    if os.path.exists(mpath):
+    paths.makedirs(path)
+    mpath = paths.join(path, "manifest.json")
+    if paths.exists(mpath):
         old = store.read_json(mpath)
         diff = [k for k in MUST_MATCH if old.get(k) != manifest[k]]
         if old.get("tokenizer", {}).get("sha256") != manifest["tokenizer"]["sha256"]:
@@ -83,6 +85,8 @@ def open_or_create(path: str, manifest: dict) -> store.Store:
                 f"{path} holds a token store of other data or settings (differs in: "
                 f"{', '.join(diff)}); use another output directory, or delete {path} to "
                 "rebuild it")
+    elif paths.is_url(mpath):  # one object upload: whole or absent
+        paths.write_text(mpath, json.dumps(manifest, indent=1, sort_keys=True))
     else:
         store.write_json(mpath, manifest)
     return store.Store(path)
@@ -104,7 +108,7 @@ def prepare_split(config, tokenizer, layout: corpus.Layout, path: str, split: st
         workers = min(workers, len(todo))
         log.info("%s: tokenizing %s into %d shards (%d to build) with %d worker(s)", path,
                  source.name, num_shards, len(todo), workers)
-        job = {"source": source, "num_shards": num_shards, "path": path, "layout": layout,
+        job = {"source": source, "num_shards": num_shards, "path": st.dir, "layout": layout,
                "dtype": st.manifest["dtype"],
                "tokenizer": tokenizer.backend_tokenizer.to_str()}
         parts = [todo[w::workers] for w in range(workers)]
@@ -112,7 +116,9 @@ def prepare_split(config, tokenizer, layout: corpus.Layout, path: str, split: st
         t0 = time.perf_counter()
         _run([{**job, "shards": p} for p in parts], total, progress)
         seconds = time.perf_counter() - t0
-        tokens = sum(store.read_json(os.path.join(path, store.shard_name(g) + ".json"))[
+        for g in todo:  # a bucket store: each shard built in the mirror goes up, JSON last
+            st.upload(g)
+        tokens = sum(store.read_json(os.path.join(st.dir, store.shard_name(g) + ".json"))[
             "tokens"] for g in todo)
         st.built = {"shards": len(todo), "workers": workers, "tokens": tokens,
                     "seconds": seconds, "tokens_per_s": tokens / max(seconds, 1e-9)}
@@ -178,7 +184,7 @@ def _run(jobs: list[dict], total, show: bool) -> None:
 
 def _summarize(st: store.Store, shards, source: corpus.Source) -> None:
     """Logs what the shards hold and what was skipped; a corpus with no text is an error."""
-    metas = [store.read_json(os.path.join(st.path, store.shard_name(g) + ".json"))
+    metas = [store.read_json(paths.join(st.path, store.shard_name(g) + ".json"))
              for g in shards]
     docs, tokens = sum(m["documents"] for m in metas), sum(m["tokens"] for m in metas)
     skipped = {}
@@ -244,7 +250,7 @@ def main(argv):
     from lmtransfer import config as config_lib
 
     config_lib.expand_user_paths(config)
-    out = os.path.abspath(os.path.expanduser(f.out))
+    out = paths.resolve(f.out)
     shards = parse_shards(f.shards, config.data.shards) if f.shards else None
     res = prepare(config, out, shards, f.workers,
                   command=f"python -m lmtransfer.prepare {shlex.join(sys.argv[1:])}")

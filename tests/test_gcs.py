@@ -136,3 +136,34 @@ def test_sweep_and_report_in_bucket(bucket_dir, tmp_path):
         assert f.read(4) == b"\x89PNG"  # drawn from the runs' metrics.jsonl in the bucket
     rows = paths.read_text(paths.join(out, "runs.csv")).splitlines()
     assert rows[1].endswith("MRPC/lr=0.001/seed0")  # relative to the sweep dir
+
+
+def test_pretraining_corpus_store_and_run_in_bucket(bucket_dir, tmp_path):
+    """Raw text globbed from the bucket, the token store prepared into it (each shard uploaded
+    JSON last) and read back through the local mirror: the same shards and losses as local."""
+    from lmtransfer import prepare
+    from tests.corpus_data import corpus_tokenizer, make_corpus
+    from tests.test_store import config_for
+
+    root = make_corpus(str(tmp_path / "corpus"), n_train=120)
+    corpus_tokenizer(root, "wordpiece")
+    remote = paths.join(bucket_dir, "corpus")
+    for name in ("train.txt", "eval.jsonl"):
+        paths.write_bytes(paths.join(remote, name), open(os.path.join(root, name), "rb").read())
+    c = config_for(root, train_files=paths.join(remote, "*.txt"),
+                   eval_files=paths.join(remote, "eval.jsonl"), shards=2)
+    got = prepare.prepare(c, paths.join(bucket_dir, "store"), progress=False)
+    want = prepare.prepare(config_for(root, shards=2), str(tmp_path / "store"), progress=False)
+    for split, shards in (("train", ("shard-00000", "shard-00001")), ("dev", ("shard-00000",))):
+        for s in shards:
+            assert (paths.read_json(paths.join(got[split], s + ".json"))
+                    == paths.read_json(os.path.join(want[split], s + ".json")))
+    losses_of = {}
+    for name, store, workdir in (("bucket", paths.join(bucket_dir, "store"),
+                                  paths.join(bucket_dir, "run")),
+                                 ("local", str(tmp_path / "store"), str(tmp_path / "run"))):
+        t = config_for(root, store=store, train_files="", eval_files="", shards=2)
+        t.train.eval_every = 0
+        main.run(t, workdir)
+        losses_of[name] = losses(workdir)
+    assert losses_of["bucket"] == pytest.approx(losses_of["local"], abs=1e-6)

@@ -23,7 +23,6 @@ and saved in the store; rows themselves are cut from disk when a step needs them
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from lmtransfer import paths
 from lmtransfer.data.tables import DataError
 from lmtransfer.errors import ConfigError
 
@@ -47,16 +47,16 @@ def resolve_files(spec: str, key: str) -> list[str]:
         raise DataError(f"{key} is empty; give a path or glob of text/jsonl files")
     files = []
     for p in patterns:
-        found = sorted(glob.glob(os.path.expanduser(p)))
+        found = paths.glob(p)
         if not found:
             raise DataError(f"{key}: {p!r} matches no file")
-        files += [os.path.abspath(f) for f in found if os.path.isfile(f)]
+        files += [paths.resolve(f) for f in found if paths.isfile(f)]
     return files
 
 
 def _lines(path: str) -> Iterator[str]:
     """The lines of a UTF-8 file, streamed; bytes that are not UTF-8 name the line."""
-    with open(path, "rb") as f:
+    with paths.open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             try:
                 yield raw.decode("utf-8")
@@ -119,7 +119,7 @@ class Source:
     def describe(self) -> dict:
         """What the store's manifest records (and a rerun must match)."""
         if self.kind == "files":
-            what = {"files": [{"path": p, "bytes": os.path.getsize(p)} for p in self.files],
+            what = {"files": [{"path": p, "bytes": paths.getsize(p)} for p in self.files],
                     "document": self.document, "text_field": self.text_field}
         else:
             what = {"tfds": self.tfds_name, "split": self.tfds_split,
@@ -134,7 +134,7 @@ class Source:
             f"{self.files[0]} and {len(self.files) - 1} more files")
 
     def text_bytes(self) -> int:
-        return sum(os.path.getsize(p) for p in self.files) if self.kind == "files" else 0
+        return sum(paths.getsize(p) for p in self.files) if self.kind == "files" else 0
 
     def _tfds(self):
         import tensorflow_datasets as tfds

@@ -22,6 +22,11 @@ shard's JSON comes last, so a shard is either complete or absent; a half-written
 read. Reads check each 1 MiB block against its crc32 the first time it is touched, so a
 corrupt byte is an error naming the file, not a silent wrong token, without hashing the whole
 corpus at every start.
+
+A store in a bucket (`gs://...`) is read through a local mirror (`~/.cache/lmtransfer/remote`,
+keyed by its URL and manifest): each shard's files are downloaded the first time the shard is
+opened, its JSON last, then memory-mapped as above; each process fetches only the shards it
+reads. `upload(g)` puts a shard built in the mirror into the bucket, its JSON last.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import zlib
 
 import numpy as np
 
+from lmtransfer import paths
 from lmtransfer.data.tables import DataError
 
 FORMAT, VERSION = "lmtransfer-token-store", 1
@@ -71,8 +77,19 @@ def write_json(path: str, obj) -> None:
 
 
 def read_json(path: str):
-    with open(path) as f:
-        return json.load(f)
+    return paths.read_json(path)
+
+
+def mirror(url: str, manifest_text: str) -> str:
+    """The local directory that mirrors the store at `url` with this manifest."""
+    key = hashlib.sha256(f"{url}\n{manifest_text}".encode()).hexdigest()[:16]
+    out = os.path.join(os.path.expanduser(paths.CACHE), f"store-{paths.basename(url)}-{key}")
+    os.makedirs(out, exist_ok=True)
+    return out
+
+
+def _shard_files(prefix: str, meta: dict) -> list[str]:
+    return [f"{prefix}.{k}.bin" for k in meta["files"]]
 
 
 class BlockWriter:
@@ -177,7 +194,7 @@ class Shard:
 
     def __init__(self, store: Store, g: int):
         self.store, self.g = store, g
-        self.prefix = os.path.join(store.path, shard_name(g))
+        self.prefix = os.path.join(store.dir, shard_name(g))
         self.meta = read_json(self.prefix + ".json")
         files, fix = self.meta["files"], store.fix
         self.tokens = Blob(self.prefix + ".tokens.bin", store.manifest["dtype"], files["tokens"],
@@ -218,13 +235,16 @@ class Store:
     """A store directory (one split), checked against the run that reads it."""
 
     def __init__(self, path: str):
-        self.path = path
-        manifest = os.path.join(path, "manifest.json")
-        if not os.path.exists(manifest):
+        self.path = path  # as given: a local directory or a URL
+        manifest = paths.join(path, "manifest.json")
+        if not paths.exists(manifest):
             raise StoreError(f"{path} is not a token store (no manifest.json); build it with "
                              "python -m lmtransfer.prepare --config <the run's config> --out "
-                             f"{os.path.dirname(path.rstrip('/'))}")
-        self.manifest = read_json(manifest)
+                             f"{paths.dirname(path.rstrip('/'))}")
+        text = paths.read_text(manifest)
+        self.manifest = json.loads(text)
+        # Where shards are read and built: the store itself, or a bucket store's local mirror.
+        self.dir = mirror(path, text) if paths.is_url(path) else path
         if (self.manifest.get("format"), self.manifest.get("version")) != (FORMAT, VERSION):
             raise StoreError(f"{manifest}: not a {FORMAT} v{VERSION} manifest; rebuild the "
                              "store with python -m lmtransfer.prepare")
@@ -233,7 +253,7 @@ class Store:
         self.fix = f"rebuild it with: {command}"
 
     def complete(self, g: int) -> bool:
-        return os.path.exists(os.path.join(self.path, shard_name(g) + ".json"))
+        return paths.exists(paths.join(self.path, shard_name(g) + ".json"))
 
     def missing(self, shards) -> list[int]:
         return [g for g in shards if not self.complete(g)]
@@ -256,4 +276,30 @@ class Store:
                              f"where it stopped): {self.manifest.get('command', '')}")
 
     def shard(self, g: int) -> Shard:
+        if self.dir != self.path:
+            self._fetch(g)
         return Shard(self, g)
+
+    def _fetch(self, g: int) -> None:
+        """Downloads shard g of a bucket store into the mirror (its JSON last), once."""
+        local = os.path.join(self.dir, shard_name(g))
+        if os.path.exists(local + ".json"):
+            return
+        remote = paths.join(self.path, shard_name(g))
+        text = paths.read_text(remote + ".json")
+        for name in _shard_files(shard_name(g), json.loads(text)):
+            with paths.open(paths.join(self.path, name), "rb") as f:
+                paths.write_bytes(os.path.join(self.dir, name), f.read())
+        paths.write_text(local + ".json", text)
+
+    def upload(self, g: int) -> None:
+        """Puts shard g, built in the mirror, into the bucket: its files, then its JSON."""
+        if self.dir == self.path:
+            return
+        local = os.path.join(self.dir, shard_name(g))
+        meta = read_json(local + ".json")
+        for name in _shard_files(shard_name(g), meta):
+            with open(os.path.join(self.dir, name), "rb") as f:
+                paths.write_bytes(paths.join(self.path, name), f.read())
+        with open(local + ".json", "rb") as f:
+            paths.write_bytes(paths.join(self.path, shard_name(g) + ".json"), f.read())

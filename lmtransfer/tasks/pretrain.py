@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lmtransfer import sharding, tokenization
+from lmtransfer import paths, sharding, tokenization
 from lmtransfer.data import batching, corpus
 from lmtransfer.data import store as store_lib
 from lmtransfer.errors import ConfigError
@@ -76,29 +76,32 @@ def corpus_tokenizer(config, workdir: str):
     store when it was prepared with one, else trained by process 0 on the first
     `config.data.tokenizer_docs` documents (all when 0), streamed."""
     out = os.path.join(workdir, "tokenizer")
-    if jax.process_index() == 0 and not os.path.exists(os.path.join(out, "tokenizer.json")):
-        tmp = out + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
+    if jax.process_index() == 0 and not paths.exists(os.path.join(out, "tokenizer.json")):
         shipped = os.path.join(config.data.store, "tokenizer") if config.data.store else ""
-        if shipped and os.path.exists(os.path.join(shipped, "tokenizer.json")):
-            shutil.copytree(shipped, tmp)
-        elif has_sources(config.data):
-            src = corpus.sources(config.data, "train")
-            n = config.data.tokenizer_docs or None
-            log.info("training a %s tokenizer (vocab %d) on %s documents of %s",
-                     config.model.tokenizer, config.data.vocab_size, n or "all", src.name)
-            texts = itertools.islice((t for _, t in src.documents() if t.strip()), n)
-            tokenization.train_tokenizer(config.model.tokenizer, texts,
-                                         config.data.vocab_size, tmp)
-        else:
-            raise ValueError(
-                f"config.model.tokenizer={config.model.tokenizer} trains a tokenizer on the "
-                f"corpus, but config.data.store={config.data.store!r} has no tokenizer/ and "
-                "no raw text is configured: set config.model.tokenizer to the tokenizer dir "
-                "the store was built with")
-        os.replace(tmp, out)
+        with paths.local_dir_for(out, last=("tokenizer.json",)) as tmp:
+            _make_tokenizer(config, shipped, tmp)
     _sync("lmtransfer:tokenizer")
     return tokenization.load_tokenizer(out)
+
+
+def _make_tokenizer(config, shipped: str, tmp: str) -> None:
+    """Fills `tmp` with the store's tokenizer, or one trained on the corpus."""
+    if shipped and paths.exists(os.path.join(shipped, "tokenizer.json")):
+        shutil.copytree(paths.local_copy(shipped), tmp, dirs_exist_ok=True)
+    elif has_sources(config.data):
+        src = corpus.sources(config.data, "train")
+        n = config.data.tokenizer_docs or None
+        log.info("training a %s tokenizer (vocab %d) on %s documents of %s",
+                 config.model.tokenizer, config.data.vocab_size, n or "all", src.name)
+        texts = itertools.islice((t for _, t in src.documents() if t.strip()), n)
+        tokenization.train_tokenizer(config.model.tokenizer, texts,
+                                     config.data.vocab_size, tmp)
+    else:
+        raise ConfigError(
+            f"config.model.tokenizer={config.model.tokenizer} trains a tokenizer on the "
+            f"corpus, but config.data.store={config.data.store!r} has no tokenizer/ and "
+            "no raw text is configured: set config.model.tokenizer to the tokenizer dir "
+            "the store was built with")
 
 
 def max_predictions(length: int, rate: float) -> int:
