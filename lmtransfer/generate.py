@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lmtransfer import paths
 from lmtransfer.models.gpt import init_cache
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ def read_prompts(config) -> tuple[list[str], list[str]]:
     prompts, where = list(g.prompts), [f"config.generate.prompts[{i}]"
                                        for i in range(len(g.prompts))]
     if g.prompts_file:
-        with open(g.prompts_file) as f:
+        with paths.open(g.prompts_file) as f:
             for n, line in enumerate(f, 1):
                 line = line.rstrip("\n")
                 if not line.strip():
@@ -184,9 +185,6 @@ def run(config, workdir: str) -> dict:
                 rows.append(dict(where=w, prompt=prompt, completion=text, tokens=tokens))
                 log.info("%s: %r -> %r", w, prompt, text)
     if jax.process_index() == 0:
-        tmp = out_path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-        os.replace(tmp, out_path)
+        paths.write_text(out_path, "".join(json.dumps(r) + "\n" for r in rows))
     return {"generations": out_path, "prompts": len(rows),
             "new_tokens": sum(len(r["tokens"]) for r in rows)}

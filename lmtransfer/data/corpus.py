@@ -204,7 +204,7 @@ def sources(data, split: str) -> Source:
     if not held_out:
         return src
     if not 0 < data.eval_fraction < 1:
-        raise ValueError("no eval data: set config.data.eval_files (or tfds_eval_split) or "
+        raise ConfigError("no eval data: set config.data.eval_files (or tfds_eval_split) or "
                          "config.data.eval_fraction in (0, 1)")
     n = src.count()
     cut = n - max(1, int(round(n * data.eval_fraction)))

@@ -1,0 +1,29 @@
+"""notebooks/quickstart.ipynb runs top to bottom (nbclient, a real Jupyter kernel), with
+LMTRANSFER_NOTEBOOK_FAST=1: few steps, the same code paths."""
+
+import os
+
+import nbformat
+from nbclient import NotebookClient
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_quickstart_notebook_executes(tmp_path, monkeypatch):
+    monkeypatch.setenv("LMTRANSFER_NOTEBOOK_FAST", "1")
+    monkeypatch.setenv("LMTRANSFER_NOTEBOOK_WORKDIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("XLA_FLAGS", "")  # one CPU device, as a user's kernel has
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel draws inline
+    nb = nbformat.read(os.path.join(REPO, "notebooks", "quickstart.ipynb"), as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = {i: "".join(o.get("text", "") for o in c.get("outputs", []))
+               for i, c in enumerate(nb.cells) if c.cell_type == "code"}
+    text = "\n".join(outputs.values())
+    assert "dev accuracy:" in text
+    assert any("image/png" in o.get("data", {}) for c in nb.cells
+               for o in c.get("outputs", []))  # the training-curve figure was drawn
+    for word in ("wonderful", "terrible"):
+        assert f"\n{word}" in text or text.startswith(word)
+    assert "'the queen' ->" in text
+    assert os.path.exists(tmp_path / "runs" / "minilm" / "hf" / "model.safetensors")
