@@ -12,7 +12,7 @@ import os
 
 import jax
 
-from lmtransfer import checkpoints, hf, sharding, tokenization
+from lmtransfer import checkpoints, hf, paths, sharding, tokenization
 from lmtransfer.hf import hub
 
 log = logging.getLogger(__name__)
@@ -28,13 +28,13 @@ def _tokenizer_or_none(path: str):
 
 def run(config, workdir: str) -> dict:
     c = config.convert
-    source = os.path.abspath(hub.resolve(c.source, "config.convert.source")
-                             or hf.packaged_minilm())
+    source = paths.resolve(hub.resolve(c.source, "config.convert.source")
+                           or hf.packaged_minilm())
     mesh = sharding.make_mesh(config.mesh.to_dict())
     rules = sharding.rules_from_config(config.sharding_rules)
     overrides = config.model.to_dict()
     tok_dir = os.path.join(workdir, "tokenizer")
-    is_hf = os.path.exists(os.path.join(source, "config.json"))
+    is_hf = paths.exists(os.path.join(source, "config.json"))
     if not is_hf and checkpoints.is_checkpoint(source):
         log.info("source %s is an lmtransfer checkpoint: exporting it to HF format", source)
         tok_src = os.path.join(source, "tokenizer")
@@ -52,12 +52,13 @@ def run(config, workdir: str) -> dict:
                  os.path.join(workdir, checkpoints.CHECKPOINT_DIR), n, model.head)
         tok = _tokenizer_or_none(source)
         if tok is not None and jax.process_index() == 0:
-            tok.save_pretrained(tok_dir)
+            with hf.atomic_dir(tok_dir, last=("tokenizer.json",)) as tmp:
+                tok.save_pretrained(tmp)
         source, tok_src = workdir, tok_dir
     result = {"checkpoint": os.path.join(source, checkpoints.CHECKPOINT_DIR)}
     if c.export:
         model, params, meta = checkpoints.load_model(source, mesh=mesh, rules=rules, **overrides)
-        tok = _tokenizer_or_none(tok_src) if os.path.isdir(tok_src) else None
+        tok = _tokenizer_or_none(tok_src) if paths.isdir(tok_src) else None
         id2label = {int(k): v for k, v in meta["id2label"].items()} or None
         out = hf.save_pretrained(model, params, os.path.join(workdir, "hf"), tokenizer=tok,
                                  id2label=id2label)

@@ -3,11 +3,10 @@ scratch on the same task and recipe, then print the two dev results side by side
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
-from lmtransfer import logs
+from lmtransfer import logs, paths
 from lmtransfer.train import loop
 
 
@@ -15,24 +14,22 @@ def run(config, workdir: str) -> dict:
     runs = {}
     for name in ("pretrained", "scratch"):
         sub = os.path.join(workdir, name)
-        os.makedirs(sub, exist_ok=True)
+        paths.makedirs(sub)
         done = os.path.join(sub, "results.json")
         c = config.copy_and_resolve_references()
         c.mode = "train"
         if name == "scratch":
             c.init_from = ""
         start = time.perf_counter()
-        if os.path.exists(done):  # rerun of a finished quickstart: reuse its results
-            with open(done) as f:
-                results = json.load(f)
+        if paths.exists(done):  # rerun of a finished quickstart: reuse its results
+            results = paths.read_json(done)
         else:
             results = loop.train(c, sub)
         runs[name] = {"results": results, "wall_seconds": time.perf_counter() - start}
     table = _table(runs)
     print(table)
     logs.write_json(os.path.join(workdir, "comparison.json"), runs)
-    with open(os.path.join(workdir, "comparison.md"), "w") as f:
-        f.write(table + "\n")
+    paths.write_text(os.path.join(workdir, "comparison.md"), table + "\n")
     return {name: r["results"]["final"] for name, r in runs.items()}
 
 
