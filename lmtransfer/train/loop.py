@@ -107,7 +107,7 @@ def train(config, workdir: str) -> dict:
         raise ConfigError("config.train.export_peft=True writes LoRA adapters, but this run has "
                           "none: set config.peft.method=lora (or use config.train.export_hf)")
 
-    with workdir_lock(workdir):
+    with workdir_lock(workdir), contextlib.ExitStack() as cleanup:
         ckpt = checkpoints.TrainCheckpointer(workdir, t.keep_checkpoints)
         model, params, base = _model_for(config, task, tokenizer, mesh, rules, ckpt)
         init.check_fits(config, model, tokenizer)
@@ -135,6 +135,7 @@ def train(config, workdir: str) -> dict:
         eval_fn = jax.jit(make_eval_step(model, task))
         writer = logs.MetricWriter(workdir, config)
         preempt = _Preemption()
+        cleanup.callback(preempt.restore)  # also when the run raises
         start = int(state.step)
         log.info("training %s: %d examples, %d steps (%d per epoch), global batch %d, "
                  "mesh %s", config.data.get("glue_task") or task.head, len(train_split), total,
@@ -222,7 +223,6 @@ def train(config, workdir: str) -> dict:
                                tokenizer, results)
                 writer.results(results)
         progress.close()
-        preempt.restore()
         writer.close()
         ckpt.close()
     return results
