@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lmtransfer import perf
+from lmtransfer import perf, xla_flags
 from lmtransfer.tasks.pretrain import max_predictions, mlm_positions
 
 HEADS = ("classification", "mlm")
@@ -411,7 +411,7 @@ def main(argv=None):
                        batch=batches, dtype=a.dtype, peak_flops=peak_total,
                        peak_source=peak_source, lmtransfer_tokens_per_s=last("ours"),
                        mfu=last("ours", "mfu"), peer_tokens_per_s=last("peer"),
-                       peft=a.peft or None, rows=rows)
+                       peft=a.peft or None, runtime=xla_flags.runtime(), rows=rows)
         summary["ratio"] = (summary["lmtransfer_tokens_per_s"] / summary["peer_tokens_per_s"]
                             if summary["peer_tokens_per_s"] else None)
         if a.peft:

@@ -20,6 +20,8 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402
 
+import lmtransfer  # noqa: E402, F401  (before JAX starts: its default XLA flags, xla_flags.py)
+
 flags.FLAGS.mark_as_parsed()
 assert jax.device_count() == 8, "XLA_FLAGS must be set before jax is imported"
 

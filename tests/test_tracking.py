@@ -16,6 +16,7 @@ def test_wandb_offline_run_has_metrics_config_and_results(tmp_path, monkeypatch)
     c.logging.wandb_project, c.logging.wandb_mode = "lmtransfer-test", "offline"
     workdir = str(tmp_path / "run")
     res = main.run(c, workdir)
+    assert res["runtime"]["backend"] == "cpu" and "xla_flags" in res["runtime"]
     run_id = hashlib.sha256(workdir.encode()).hexdigest()[:16]  # stable: a resume continues it
     files = glob.glob(f"{workdir}/wandb/offline-run-*-{run_id}/run-{run_id}.wandb")
     assert len(files) == 1, glob.glob(f"{workdir}/wandb/*")

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lmtransfer import checkpoints, faults, hf, logs, paths, peft, perf, sharding
+from lmtransfer import checkpoints, faults, hf, logs, paths, peft, perf, sharding, xla_flags
 from lmtransfer.data import batching
 from lmtransfer.errors import ConfigError
 from lmtransfer.train import evaluate as eval_lib
@@ -213,6 +213,7 @@ def train(config, workdir: str) -> dict:
                            "train_seconds": train_seconds, "train_tokens_per_s": tokens_per_s,
                            "train_tflops_per_device": meter.rates()["tflops_per_device"],
                            "skipped_updates": guard.skipped,
+                           "runtime": xla_flags.runtime(),  # backend, XLA flags in effect
                            # what picks the best checkpoint (and a sweep's grid point)
                            "selection": {"split": eval_splits[0].name,
                                          "metric": task.main_metric,
