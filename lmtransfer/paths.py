@@ -186,7 +186,7 @@ def open(path: str, mode: str = "r", **kwargs):  # noqa: A001 - the layer's open
 
 
 def read_text(path: str) -> str:
-    with open(path, encoding="utf-8") if not is_url(path) else open(path, "r") as f:
+    with open(path, "r", encoding="utf-8") as f:
         return f.read()
 
 
