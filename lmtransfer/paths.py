@@ -90,28 +90,34 @@ def _url(path: str, inner: str) -> str:
     return f"{scheme}://{inner.split('://', 1)[-1]}"
 
 
-def exists(path: str) -> bool:
+def _ask(path: str, local, method: str):
+    """`local(path)` for a local path, else the fsspec filesystem's `method` on the URL."""
     if not is_url(path):
-        return os.path.exists(path)
+        return local(path)
     fs, p = _fs(path)
     with _errors(path, "reading"):
-        return fs.exists(p)
+        return getattr(fs, method)(p)
+
+
+def exists(path: str) -> bool:
+    return _ask(path, os.path.exists, "exists")
 
 
 def isdir(path: str) -> bool:
-    if not is_url(path):
-        return os.path.isdir(path)
-    fs, p = _fs(path)
-    with _errors(path, "reading"):
-        return fs.isdir(p)
+    return _ask(path, os.path.isdir, "isdir")
 
 
 def isfile(path: str) -> bool:
-    if not is_url(path):
-        return os.path.isfile(path)
-    fs, p = _fs(path)
-    with _errors(path, "reading"):
-        return fs.isfile(p)
+    return _ask(path, os.path.isfile, "isfile")
+
+
+def getsize(path: str) -> int:
+    return int(_ask(path, os.path.getsize, "size"))
+
+
+def getmtime(path: str) -> float:
+    t = _ask(path, os.path.getmtime, "modified")  # fsspec gives a datetime
+    return t if isinstance(t, float) else t.timestamp()
 
 
 def listdir(path: str) -> list[str]:
@@ -139,22 +145,6 @@ def glob(pattern: str) -> list[str]:
     fs, p = _fs(pattern)
     with _errors(pattern, "reading"):
         return sorted(_url(pattern, x) for x in fs.glob(p))
-
-
-def getsize(path: str) -> int:
-    if not is_url(path):
-        return os.path.getsize(path)
-    fs, p = _fs(path)
-    with _errors(path, "reading"):
-        return int(fs.size(p))
-
-
-def getmtime(path: str) -> float:
-    if not is_url(path):
-        return os.path.getmtime(path)
-    fs, p = _fs(path)
-    with _errors(path, "reading"):
-        return fs.modified(p).timestamp()
 
 
 def makedirs(path: str) -> None:
@@ -216,6 +206,28 @@ def write_bytes(path: str, data: bytes) -> None:
 
 def write_text(path: str, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
+
+
+def download(url: str, local: str) -> None:
+    """Copies the object `url` to the local file `local`, streamed, renamed into place."""
+    os.makedirs(os.path.dirname(local) or ".", exist_ok=True)
+    tmp = f"{local}.{os.getpid()}.tmp"
+    fs, p = _fs(url)
+    try:
+        with _errors(url, "reading"):
+            fs.get_file(p, tmp)
+        os.replace(tmp, local)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def upload(local: str, url: str) -> None:
+    """Copies the local file `local` to the object `url`, streamed (one object, whole)."""
+    fs, p = _fs(url)
+    with _errors(url, "writing"):
+        fs.put_file(local, p)
 
 
 def upload_dir(local: str, url: str, last: tuple[str, ...] = ("config.json",)) -> None:

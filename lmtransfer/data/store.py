@@ -288,8 +288,7 @@ class Store:
         remote = paths.join(self.path, shard_name(g))
         text = paths.read_text(remote + ".json")
         for name in _shard_files(shard_name(g), json.loads(text)):
-            with paths.open(paths.join(self.path, name), "rb") as f:
-                paths.write_bytes(os.path.join(self.dir, name), f.read())
+            paths.download(paths.join(self.path, name), os.path.join(self.dir, name))
         paths.write_text(local + ".json", text)
 
     def upload(self, g: int) -> None:
@@ -298,8 +297,5 @@ class Store:
             return
         local = os.path.join(self.dir, shard_name(g))
         meta = read_json(local + ".json")
-        for name in _shard_files(shard_name(g), meta):
-            with open(os.path.join(self.dir, name), "rb") as f:
-                paths.write_bytes(paths.join(self.path, name), f.read())
-        with open(local + ".json", "rb") as f:
-            paths.write_bytes(paths.join(self.path, shard_name(g) + ".json"), f.read())
+        for name in [*_shard_files(shard_name(g), meta), shard_name(g) + ".json"]:  # JSON last
+            paths.upload(os.path.join(self.dir, name), paths.join(self.path, name))
