@@ -1,6 +1,10 @@
 """lmtransfer: transfer learning with Transformer language models in JAX/Flax."""
 
-from lmtransfer import xla_flags as _xla_flags
+import time as _time
+
+IMPORTED_AT = _time.perf_counter()  # the start of a run's "startup" phase (train/phases.py)
+
+from lmtransfer import xla_flags as _xla_flags  # noqa: E402
 
 __version__ = "0.1.0"
 

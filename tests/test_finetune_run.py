@@ -44,6 +44,14 @@ def test_run_outputs(trained):
     assert results["best"]["metric"] == "accuracy"
     preds = [json.loads(line) for line in open(os.path.join(workdir, "predictions/dev.jsonl"))]
     assert len(preds) == 21 and {"id", "gold", "prediction", "logits"} <= set(preds[0])
+    # the predictions are the best checkpoint's (written by the final eval when it is the best)
+    best = results["best"]["results"]["dev"]["accuracy"]
+    assert np.mean([p["gold"] == p["prediction"] for p in preds]) == pytest.approx(best)
+    phases = results["phases_s"]
+    assert set(phases) == {"startup", "load", "compile", "train", "eval", "write", "total"}
+    assert min(phases.values()) >= 0 and phases["compile"] > 0
+    assert sum(v for k, v in phases.items() if k != "total") == pytest.approx(phases["total"],
+                                                                               rel=0.02)
 
 
 def test_hf_export_predicts_the_same_labels(trained):

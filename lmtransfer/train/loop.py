@@ -25,6 +25,7 @@ from lmtransfer.data import batching
 from lmtransfer.errors import ConfigError
 from lmtransfer.train import evaluate as eval_lib
 from lmtransfer.train import init, optim
+from lmtransfer.train import phases as phases_lib
 from lmtransfer.train import state as state_lib
 from lmtransfer.train.step import make_eval_step, make_train_step
 
@@ -81,6 +82,12 @@ class _Preemption:
 
 
 def train(config, workdir: str) -> dict:
+    with phases_lib.Phases() as phases:
+        phases.switch("load")
+        return _train(config, workdir, phases)
+
+
+def _train(config, workdir: str, phases) -> dict:
     from lmtransfer.tasks import make_task
 
     t = config.train
@@ -141,10 +148,12 @@ def train(config, workdir: str) -> dict:
                  "mesh %s", config.data.get("glue_task") or task.head, len(train_split), total,
                  batcher.steps_per_epoch, t.batch_size, dict(mesh.shape))
 
-        def run_eval(step):
+        def run_eval(step, out_dir=None):
             nonlocal best
-            res = eval_lib.evaluate(task, eval_fn, peft.combine(state.params, frozen),
-                                    eval_splits, t.eval_batch_size, mesh, buckets)
+            with phases("eval"):
+                res = eval_lib.evaluate(task, eval_fn, peft.combine(state.params, frozen),
+                                        eval_splits, t.eval_batch_size, mesh, buckets,
+                                        out_dir=out_dir)
             for name, m in res.items():
                 writer.write(step, m, prefix=f"eval/{name}")
             main = res[eval_splits[0].name][task.main_metric]
@@ -153,7 +162,8 @@ def train(config, workdir: str) -> dict:
             sign = 1 if task.greater_is_better else -1
             if best is None or sign * main > sign * best["value"]:
                 best = {"step": step, "metric": task.main_metric, "value": main, "results": res}
-                ckpt.save_best(step, state.params, meta_model, {"best": best})
+                with phases("write"):
+                    ckpt.save_best(step, state.params, meta_model, {"best": best})
             return res
 
         saved = [ckpt.latest_step()]
@@ -162,14 +172,17 @@ def train(config, workdir: str) -> dict:
             if saved[0] != step:
                 if pending is not None:  # never checkpoint a non-finite state
                     guard.check(*pending[:2])
-                ckpt.save(step, state, meta_model, {"data": batcher.position(step), "best": best,
-                                                    "skipped_updates": guard.skipped})
+                with phases("write"):
+                    ckpt.save(step, state, meta_model, {"data": batcher.position(step),
+                                                        "best": best,
+                                                        "skipped_updates": guard.skipped})
                 saved[0] = step
                 faults.point("save", step)
 
         meter, pending = _Meter(start, jax.device_count(), perf.peak_flops()), None
         progress = _progress(total, start)
         results = {}
+        phases.switch("train")
         with sharding.use_mesh(mesh, rules):
             for step, (idx, local, waited) in enumerate(
                     batcher.prefetch(start, total, config.seed), start):
@@ -209,7 +222,10 @@ def train(config, workdir: str) -> dict:
             if int(state.step) >= total:
                 jax.block_until_ready(state)
                 train_seconds, tokens_per_s = meter.train_seconds(), meter.tokens_per_s()
-                results = {"final": run_eval(total), "final_step": total, "best": best,
+                # the final eval writes the predictions; a better earlier checkpoint rewrites them
+                predictions = os.path.join(workdir, "predictions")
+                results = {"final": run_eval(total, predictions), "final_step": total,
+                           "best": best,
                            "train_seconds": train_seconds, "train_tokens_per_s": tokens_per_s,
                            "train_tflops_per_device": meter.rates()["tflops_per_device"],
                            "skipped_updates": guard.skipped,
@@ -219,9 +235,10 @@ def train(config, workdir: str) -> dict:
                                          "metric": task.main_metric,
                                          "greater_is_better": bool(task.greater_is_better)}}
                 save(total)
+                phases.switch("write")
                 ckpt.wait()
                 _write_outputs(config, workdir, task, eval_fn, eval_splits, mesh, rules, buckets,
-                               tokenizer, results)
+                               tokenizer, results, phases)
                 writer.results(results)
         progress.close()
         writer.close()
@@ -254,13 +271,18 @@ def _model_for(config, task, tokenizer, mesh, rules, ckpt):
 
 
 def _write_outputs(config, workdir, task, eval_fn, eval_splits, mesh, rules, buckets,
-                   tokenizer, results):
-    """Predictions of the best model on the eval splits, results.json, optional HF export."""
-    model, params, _ = checkpoints.load_model(workdir, mesh=mesh, rules=rules,
-                                              **init.config_overrides(config))
-    eval_lib.evaluate(task, eval_fn, params, eval_splits, config.train.eval_batch_size, mesh,
-                      buckets, out_dir=os.path.join(workdir, "predictions"))
-    logs.write_json(os.path.join(workdir, "results.json"), results)
+                   tokenizer, results, phases):
+    """Predictions of the best model on the eval splits (the final eval wrote them when the
+    final state is the best), optional HF / PEFT exports, then results.json (last: a run
+    with results.json is complete)."""
+    export = config.train.export_hf or config.train.export_peft
+    if results["best"]["step"] != results["final_step"] or export:
+        model, params, _ = checkpoints.load_model(workdir, mesh=mesh, rules=rules,
+                                                  **init.config_overrides(config))
+    if results["best"]["step"] != results["final_step"]:
+        with phases("eval"):
+            eval_lib.evaluate(task, eval_fn, params, eval_splits, config.train.eval_batch_size,
+                              mesh, buckets, out_dir=os.path.join(workdir, "predictions"))
     if config.train.export_hf:
         out = hf.save_pretrained(model, params, os.path.join(workdir, "hf"),
                                  tokenizer=tokenizer, id2label=task.id2label)
@@ -270,6 +292,8 @@ def _write_outputs(config, workdir, task, eval_fn, eval_splits, mesh, rules, buc
                                 base=config.init_from)
         log.info("exported the best model's adapters (step %s) to %s", results["best"]["step"],
                  out)
+    results["phases_s"] = phases.summary()  # where the wall time went
+    logs.write_json(os.path.join(workdir, "results.json"), results)
 
 
 def _progress(total, start):
