@@ -22,6 +22,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+STARTED = time.perf_counter()  # phases_s: "startup" runs from here to the end of main's imports
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "lmtransfer config file[:args]")
 _OUT = flags.DEFINE_string("out", None, "output directory", required=True)
 _THREADS = flags.DEFINE_integer("threads", 0, "torch threads (0 = torch's default)")
@@ -71,6 +73,8 @@ def main(_):
     from lmtransfer.tasks import make_task
     from lmtransfer.train import init
 
+    phases = {"startup": time.perf_counter() - STARTED, "compile": 0.0}  # eager: no compile
+    mark = time.perf_counter()
     c = _CONFIG.value
     if _THREADS.value:
         torch.set_num_threads(_THREADS.value)
@@ -105,13 +109,17 @@ def main(_):
     trainer = transformers.Trainer(model=model, args=args, train_dataset=_rows(task, train_split),
                                    data_collator=collator)
     start = time.perf_counter()
+    phases["load"] = start - mark
     out = trainer.train()
     train_s = time.perf_counter() - start
+    phases["train"] = train_s
     results = {}
     for split in eval_splits:
         output = trainer.predict(_rows(task, split)).predictions
         results[split.name] = {**task.evaluate(split, _predictions(task, split, output)),
                                "examples": len(split)}
+    phases["eval"] = time.perf_counter() - start - train_s
+    mark = time.perf_counter()
     epochs = t.steps * t.batch_size / len(train_split) if t.steps else t.epochs
     tokens = int(train_split.features["length"].sum()) * epochs
     result = {"config": c.get("data", {}).to_dict(), "seed": c.seed, "final": results,
@@ -126,6 +134,9 @@ def main(_):
             if "loss" in row:
                 f.write(json.dumps({"kind": "train", "step": row["step"], "loss": row["loss"]})
                         + "\n")
+    phases["write"] = time.perf_counter() - mark
+    result["phases_s"] = {**{k: round(v, 3) for k, v in phases.items()},
+                          "total": round(time.perf_counter() - STARTED, 3)}
     logs.write_json(os.path.join(_OUT.value, "results.json"), result)  # last: marks it done
     print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=2))
 

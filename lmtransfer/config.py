@@ -82,7 +82,9 @@ def finetune_config() -> ml_collections.ConfigDict:
         eval_every=0, log_every=10, checkpoint_every=200, keep_checkpoints=2, export_hf=False,
         export_peft=False,
         # NaN/Inf loss or gradients stop the run (naming the step); True skips such updates.
-        skip_nonfinite=False))
+        skip_nonfinite=False,
+        # compile the step for each length bucket ahead, in a background thread (ahead.py)
+        compile_ahead=True))
     c.data = data_config(
         source="glue", glue_task="", text_column="text", text_pair_column="",
         label_column="label", id_column="", labels=(), regression=False, metric="",
@@ -209,7 +211,7 @@ RESUME_MAY_CHANGE = ("mode", "logging.wandb_project", "logging.wandb_entity",
                      "logging.wandb_name", "logging.wandb_mode", "train.log_every",
                      "train.eval_every", "train.checkpoint_every",
                      "train.keep_checkpoints", "train.export_hf", "train.export_peft",
-                     "train.eval_batch_size", "data.prepare_workers")
+                     "train.eval_batch_size", "train.compile_ahead", "data.prepare_workers")
 # What a train run writes into its workdir (removed by --overwrite).
 RUN_OUTPUTS = ("checkpoints", "best", "tb", "wandb", "predictions", "hf", "peft", "tokenizer",
                "store", "metrics.jsonl", "results.json", "eval_results.json",

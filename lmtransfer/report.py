@@ -111,8 +111,12 @@ def markdown(summary: dict, report_command: str = "") -> str:
             name = f"**{point}**" if point == sel["point"] else point
             lines.append(f"| {task} | {metric} | {name} | "
                          f"{_fmt(scale[task, split, metric] * value)} |")
+    phases = ("startup", "load", "compile", "train", "eval", "write")
     lines += ["", "## Time (sum over runs, seconds)", "",
-              "| side | task | runs | wall | train |", "|---|---|---:|---:|---:|"]
+              "wall: the whole command; train: the steps after the first; then each run's "
+              "phases (results.json `phases_s`; blank where a run does not record them)", "",
+              "| side | task | runs | wall | train | " + " | ".join(f"{p} phase" for p in phases)
+              + " |", "|---|---|---:|---:|---:|" + "---:|" * len(phases)]
     runs = _all_runs(summary)
     for side in dict.fromkeys(r["side"] for r in runs):
         mine = [r for r in runs if r["side"] == side]
@@ -120,8 +124,12 @@ def markdown(summary: dict, report_command: str = "") -> str:
             rs = [r for r in mine if task in ("all", r["task"])]
             walls = [r.get("wall_seconds") for r in rs]
             wall = "" if None in walls else f"{sum(walls):.0f}"
+            split = [""] * len(phases)
+            if all(r.get("phases") for r in rs):
+                split = [f"{sum(r['phases'].get(p, 0.0) for r in rs):.0f}" for p in phases]
             lines.append(f"| {PEER_NAMES.get(side, side)} | {task} | {len(rs)} | {wall} | "
-                         f"{sum(r['train_seconds'] for r in rs):.0f} |")
+                         f"{sum(r['train_seconds'] for r in rs):.0f} | " + " | ".join(split)
+                         + " |")
     return "\n".join(lines) + "\n"
 
 

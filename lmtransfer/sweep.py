@@ -216,6 +216,7 @@ def collect(runs: list[Run]) -> list[dict]:
                          # lmtransfer: the best checkpoint on dev; the Trainer: its final model
                          metrics=res["best"]["results"] if "best" in res else res["final"],
                          train_seconds=res["train_seconds"],
+                         phases=res.get("phases_s"),  # where the run's time went
                          wall_seconds=_wall_seconds(run.workdir)))
     return rows
 

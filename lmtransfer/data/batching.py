@@ -85,6 +85,11 @@ class _Batches:
     def position(self, step: int) -> dict[str, int]:
         return {"epoch": step // self.steps_per_epoch, "batch": step % self.steps_per_epoch}
 
+    def lengths_ahead(self, start: int, stop: int, seed: int) -> list[int]:
+        """Sequence lengths of train steps [start, stop) worth compiling ahead, in order of
+        first use: none for rows of one length (the first step compiles it)."""
+        return []
+
     def globalize(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """Global arrays from this process's rows."""
         return {k: jax.make_array_from_process_local_data(
@@ -149,6 +154,22 @@ class Batcher(_Batches):
         order = np.random.default_rng([seed, pos["epoch"]]).permutation(self.n)
         idx = order[pos["batch"] * self.batch_size:(pos["batch"] + 1) * self.batch_size]
         return np.pad(idx, (0, self.batch_size - len(idx)), constant_values=-1)
+
+    def lengths_ahead(self, start: int, stop: int, seed: int, max_epochs: int = 10) -> list[int]:
+        """The length buckets of train steps [start, stop) in the order steps first use them
+        (what host_batch will cut them to), read from at most `max_epochs` epochs."""
+        spe, seen = self.steps_per_epoch, {}
+        buckets = np.asarray(self.buckets)
+        for epoch in range(start // spe, min((stop - 1) // spe + 1, start // spe + max_epochs)):
+            order = np.random.default_rng([seed, epoch]).permutation(self.n)
+            rows = np.zeros(spe * self.batch_size, np.int64)
+            rows[:self.n] = self.features["length"][order]
+            longest = rows.reshape(spe, self.batch_size).max(1)
+            picked = buckets[np.minimum(np.searchsorted(buckets, longest), len(buckets) - 1)]
+            first, last = max(start - epoch * spe, 0), min(stop - epoch * spe, spe)
+            for b in picked[first:last]:
+                seen.setdefault(int(b), None)
+        return list(seen)
 
     def eval_batches(self) -> Iterator[tuple[dict[str, jax.Array], np.ndarray]]:
         order = np.argsort(self.features["length"], kind="stable")

@@ -23,8 +23,8 @@ import orbax.checkpoint as ocp
 from lmtransfer import checkpoints, faults, hf, logs, paths, peft, perf, sharding, xla_flags
 from lmtransfer.data import batching
 from lmtransfer.errors import ConfigError
+from lmtransfer.train import ahead, init, optim
 from lmtransfer.train import evaluate as eval_lib
-from lmtransfer.train import init, optim
 from lmtransfer.train import phases as phases_lib
 from lmtransfer.train import state as state_lib
 from lmtransfer.train.step import make_eval_step, make_train_step
@@ -144,6 +144,14 @@ def _train(config, workdir: str, phases) -> dict:
         preempt = _Preemption()
         cleanup.callback(preempt.restore)  # also when the run raises
         start = int(state.step)
+        run_step = step_fn
+        lengths = batcher.lengths_ahead(start, total, config.seed) if t.compile_ahead else []
+        if len(lengths) > 1:  # one length: nothing to overlap, the first step compiles it
+            template = batcher.assemble(batcher.train_indices(start, config.seed))
+            run_step = ahead.Executables(step_fn, state, frozen, template, lengths,
+                                         lambda: phases("compile"),
+                                         lambda: sharding.use_mesh(mesh, rules))
+            cleanup.callback(run_step.close)
         log.info("training %s: %d examples, %d steps (%d per epoch), global batch %d, "
                  "mesh %s", config.data.get("glue_task") or task.head, len(train_split), total,
                  batcher.steps_per_epoch, t.batch_size, dict(mesh.shape))
@@ -188,7 +196,7 @@ def _train(config, workdir: str, phases) -> dict:
                     batcher.prefetch(start, total, config.seed), start):
                 batch = batcher.globalize(local)
                 meter.data_wait += waited
-                state, metrics = step_fn(state, batch, frozen)
+                state, metrics = run_step(state, batch, frozen)
                 faults.at_step(step + 1)
                 faults.point("step")
                 if step == start:  # the first step compiles: time from its end
