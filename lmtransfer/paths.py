@@ -184,6 +184,23 @@ def read_json(path: str):
     return json.loads(read_text(path))
 
 
+@contextlib.contextmanager
+def _replacing(path: str):
+    """Yields a temporary name beside the local file `path`, renamed onto it if the block
+    succeeds and removed if it raises: readers see the old file or the whole new one."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".",
+                               dir=os.path.dirname(path) or ".")
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
 def write_bytes(path: str, data: bytes) -> None:
     """Whole or not at all: a temporary file renamed into place, or one object upload."""
     if is_url(path):
@@ -191,17 +208,8 @@ def write_bytes(path: str, data: bytes) -> None:
         with _errors(path, "writing"):
             fs.pipe_file(p, data)
         return
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".",
-                               dir=os.path.dirname(path) or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+    with _replacing(path) as tmp, builtins.open(tmp, "wb") as f:
+        f.write(data)
 
 
 def write_text(path: str, text: str) -> None:
@@ -210,17 +218,9 @@ def write_text(path: str, text: str) -> None:
 
 def download(url: str, local: str) -> None:
     """Copies the object `url` to the local file `local`, streamed, renamed into place."""
-    os.makedirs(os.path.dirname(local) or ".", exist_ok=True)
-    tmp = f"{local}.{os.getpid()}.tmp"
     fs, p = _fs(url)
-    try:
-        with _errors(url, "reading"):
-            fs.get_file(p, tmp)
-        os.replace(tmp, local)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+    with _replacing(local) as tmp, _errors(url, "reading"):
+        fs.get_file(p, tmp)
 
 
 def upload(local: str, url: str) -> None:

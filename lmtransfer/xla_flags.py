@@ -130,11 +130,9 @@ def check(flags: tuple[str, ...] = ONEDNN, timeout: float = 300) -> dict:
         logging.getLogger(__name__).info("XLA's oneDNN dot path %s", "passed lmtransfer's check"
                                          if not reason else f"stays off: {reason}")
     known[key] = verdict
-    os.makedirs(os.path.dirname(cache), exist_ok=True)
-    tmp = f"{cache}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(known, f, indent=1)
-    os.replace(tmp, cache)
+    from lmtransfer import paths
+
+    paths.write_text(cache, json.dumps(known, indent=1))  # whole or not at all
     return verdict
 
 
