@@ -95,6 +95,7 @@ def check(flags: tuple[str, ...] = ONEDNN, timeout: float = 300) -> dict:
     import json
     import subprocess
     import sys
+
     key = check_key(flags)
     cache = os.path.expanduser(CHECK_CACHE)
     try:
