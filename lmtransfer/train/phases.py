@@ -5,7 +5,8 @@ Phases nest (an eval inside the train loop, a checkpoint write inside either); e
 charged to the innermost open phase, except compilation: JAX reports every trace, lowering and
 XLA compile (or persistent-cache load) through `jax.monitoring`, and those seconds are moved
 from the phase that triggered them to "compile". "startup" is the time from `import lmtransfer`
-to the run's start (the imports of JAX, Flax, transformers...).
+to the start of the process's first run (the imports of JAX, Flax, transformers...); later
+runs of the same process (a sweep's, a notebook's) start with those paid, at 0.
 """
 
 from __future__ import annotations
@@ -23,12 +24,16 @@ COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
                   "/jax/core/compile/jaxpr_to_mlir_module_duration",
                   "/jax/core/compile/backend_compile_duration")
 ORDER = ("startup", "load", "compile", "train", "eval", "write")
+_startup_charged = False  # to the process's first run only
 
 
 class Phases:
     def __init__(self):
         self.seconds: dict[str, float] = collections.defaultdict(float)
-        self.seconds["startup"] = time.perf_counter() - lmtransfer.IMPORTED_AT
+        global _startup_charged
+        if not _startup_charged:
+            self.seconds["startup"] = time.perf_counter() - lmtransfer.IMPORTED_AT
+            _startup_charged = True
         self._open: list[str] = []
         self._mark = self._start = time.perf_counter()
         self._thread = threading.get_ident()
