@@ -164,9 +164,11 @@ def checkpoint_bytes(state) -> int:
         return _dir_bytes(tmp)
 
 
-def lmtransfer_step(model, params, head, batch, length, devices=1):
-    """(run one step, compile seconds, peak bytes or None, {xla, opt, ckpt bytes}). A LoRA
-    model trains its adapters and head; the rest of `params` goes in as the frozen base."""
+def lowered_step(model, params, head, batch, length, devices=1):
+    """(lmtransfer's train step lowered for a random batch, its arguments (state, batch,
+    frozen, run)): what `lmtransfer_step` compiles, and what benchmarks/step_xla.py compiles
+    with other XLA options. A LoRA model trains its adapters and head; the rest of `params`
+    goes in as the frozen base."""
     from jax.sharding import Mesh, NamedSharding
     from jax.sharding import PartitionSpec as P
 
@@ -174,7 +176,7 @@ def lmtransfer_step(model, params, head, batch, length, devices=1):
     from lmtransfer.train.state import TrainState
     from lmtransfer.train.step import make_train_step
 
-    tx = optax.adamw(2e-5, weight_decay=0.01)
+    tx = optax.adamw(1.0, weight_decay=0.01)  # at lr 1: the step scales it by run["lr"]
     mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
     replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     data = random_batch(batch, length, model.config.vocab_size)
@@ -183,9 +185,19 @@ def lmtransfer_step(model, params, head, batch, length, devices=1):
     frozen = jax.device_put(frozen, replicated) if frozen else None
     state = jax.device_put(TrainState(jnp.zeros((), jnp.int32), trained, tx.init(trained)),
                            replicated)
+    run_args = jax.device_put({"seed": np.uint32(0), "lr": np.float32(2e-5)}, replicated)
+    args = (state, data, frozen, run_args)
+    step = jax.jit(make_train_step(model, _Loss(head, length), tx, lambda s, r: r["lr"], 1),
+                   donate_argnums=0)
+    return step.lower(*args), args
+
+
+def lmtransfer_step(model, params, head, batch, length, devices=1):
+    """(run one step, compile seconds, peak bytes or None, {xla, opt, ckpt bytes})."""
     start = time.perf_counter()
-    step = jax.jit(make_train_step(model, _Loss(head, length), tx, lambda s: 2e-5, 1, 0),
-                   donate_argnums=0).lower(state, data, frozen).compile()
+    lowered, (state, data, frozen, run_args) = lowered_step(model, params, head, batch, length,
+                                                            devices)
+    step = lowered.compile()
     compile_s = time.perf_counter() - start
     m = step.memory_analysis()
     memory = dict(opt_bytes=_tree_bytes(state.opt_state))
@@ -194,7 +206,7 @@ def lmtransfer_step(model, params, head, batch, length, devices=1):
     box = {"state": state}
 
     def run():
-        box["state"], metrics = step(box["state"], data, frozen)
+        box["state"], metrics = step(box["state"], data, frozen, run_args)
         jax.block_until_ready(metrics)
 
     run()

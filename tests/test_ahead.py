@@ -43,7 +43,7 @@ def test_executables_compute_what_the_jitted_step_computes():
     frozen = jax.device_put(jnp.float32(0.5), rep)
     lengths = b.lengths_ahead(0, 10, 0)[:-1]  # the last one is left to the jitted fallback
     assert len(lengths) >= 2
-    run = ahead.Executables(jitted, state, frozen, b.assemble(b.train_indices(0, 0)), lengths,
+    run = ahead.Executables(jitted, (state, b.assemble(b.train_indices(0, 0)), frozen), lengths,
                             waiting=lambda: sharding.use_mesh(mesh),
                             context=lambda: sharding.use_mesh(mesh))
     ours, ref = state, jax.device_put({"w": jnp.ones((99, 4))}, rep)

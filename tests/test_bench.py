@@ -1,5 +1,9 @@
 """The benchmark's analytic FLOPs and its table (run on the tiny shapes)."""
 
+import collections
+
+import jax
+import jax.numpy as jnp
 import pytest
 
 from lmtransfer import bench, perf
@@ -144,3 +148,22 @@ def test_analytic_flops_of_every_family_match_xla(family):
     xla = (cost[0] if isinstance(cost, list) else cost)["flops"]
     ours = perf.train_flops_per_token(model, 64) / 3 * ids.size
     assert 0.85 < ours / xla < 1.05, ours / xla
+
+
+def test_step_xla_counts_every_dot_by_operand_layout():
+    """benchmarks/step_xla.py's dot table: every dot of a compiled program once, with its
+    FLOPs; which library XLA gives each is jaxlib's choice, so only the counts are checked."""
+    from benchmarks.step_xla import dot_table
+
+    def f(x, w, g, q):
+        return x @ w, x.T @ g, jnp.einsum("bqh,bkh->bqk", q, q)
+
+    x, w, g, q = (jnp.ones(s) for s in ((64, 32), (32, 48), (64, 16), (4, 8, 16)))
+    rows = dot_table(jax.jit(f).lower(x, w, g, q).compile().as_text())
+    by_layout = collections.Counter()
+    for r in rows:
+        by_layout[r["layout"]] += r["dots"]
+    assert sum(by_layout.values()) == 3 and by_layout["batched"] == 1
+    want = 2 * (64 * 32 * 48 + 32 * 64 * 16 + 4 * 8 * 8 * 16) / 1e9
+    assert sum(r["gflop"] for r in rows) == pytest.approx(want, rel=1e-9)
+    assert sum(r["share"] for r in rows) == pytest.approx(1)

@@ -9,7 +9,7 @@ from lmtransfer.data import batching
 from lmtransfer.tasks import make_task
 from lmtransfer.train import init, loop, optim
 from lmtransfer.train import state as state_lib
-from lmtransfer.train.step import make_train_step
+from lmtransfer.train.step import make_train_step, run_scalars
 from tests.configs_loader import load_config
 from tests.glue_data import make_glue
 
@@ -45,14 +45,15 @@ def run_steps(config, mesh_spec, n_steps=3):
     tx, lr = optim.make(config.optim, 10)
     sh = state_lib.shardings(model, tx, mesh, rules)
     state = state_lib.create(params, tx, sh)
-    step = jax.jit(make_train_step(model, task, tx, lr, config.train.grad_accum, config.seed),
+    step = jax.jit(make_train_step(model, task, tx, lr, config.train.grad_accum),
                    in_shardings=(sh, batcher.sharding, state_lib.param_shardings(
-                       model, mesh, rules)[1]),
+                       model, mesh, rules)[1], sharding.replicated(mesh)),
                    out_shardings=(sh, sharding.replicated(mesh)), donate_argnums=(0,))
     losses = []
     with sharding.use_mesh(mesh, rules):
         for i in range(n_steps):
-            state, m = step(state, batcher.train_batch(i, config.seed), frozen)
+            state, m = step(state, batcher.train_batch(i, config.seed), frozen,
+                            run_scalars(config.seed, lr))
             losses.append(float(m["loss"]))
     run_steps.last = dict(model=model, frozen=frozen, task=task, batcher=batcher)
     return losses, jax.device_get(state.params), state

@@ -35,33 +35,33 @@ def batch_at(template: dict, length: int) -> dict:
 
 
 class Executables:
-    """`self(state, batch, frozen)` runs `jitted` through the executable compiled ahead for the
+    """`self(state, batch, *rest)` runs `jitted` through the executable compiled ahead for the
     batch's length (waiting for it if it is not ready, inside `waiting()`), or `jitted`
     itself for a length not foreseen."""
 
-    def __init__(self, jitted, state, frozen, template: dict, lengths: list[int], waiting,
-                 context):
-        """`context()`: the mesh and logical-axis rules the loop traces under (they are
-        per-thread, so the compile thread enters them too)."""
+    def __init__(self, jitted, args: tuple, lengths: list[int], waiting, context):
+        """`args`: the step's arguments, the batch (a template of it) second; `context()`: the
+        mesh and logical-axis rules the loop traces under (they are per-thread, so the
+        compile thread enters them too)."""
         self.jitted, self.waiting = jitted, waiting
         self._pool = concurrent.futures.ThreadPoolExecutor(1, "lmtransfer-compile")
-        state, frozen, template = abstract(state), abstract(frozen), abstract(template)
+        state, template, *rest = abstract(tuple(args))
 
         def compile_for(n):
             with context():
-                return jitted.lower(state, batch_at(template, n), frozen).compile()
+                return jitted.lower(state, batch_at(template, n), *rest).compile()
 
         self._ready = {n: self._pool.submit(compile_for, n) for n in lengths}
         log.info("compiling the train step ahead for lengths %s", lengths)
 
-    def __call__(self, state, batch, frozen):
+    def __call__(self, state, batch, *rest):
         future = self._ready.get(batch["input_ids"].shape[1])
         if future is None:
-            return self.jitted(state, batch, frozen)
+            return self.jitted(state, batch, *rest)
         if not future.done():
             with self.waiting():
                 future.result()
-        return future.result()(state, batch, frozen)
+        return future.result()(state, batch, *rest)
 
     def close(self) -> None:
         for f in self._ready.values():

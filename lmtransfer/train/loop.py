@@ -27,7 +27,7 @@ from lmtransfer.train import ahead, init, optim
 from lmtransfer.train import evaluate as eval_lib
 from lmtransfer.train import phases as phases_lib
 from lmtransfer.train import state as state_lib
-from lmtransfer.train.step import make_eval_step, make_train_step
+from lmtransfer.train.step import make_eval_step, make_train_step, run_scalars
 
 log = logging.getLogger(__name__)
 
@@ -134,11 +134,13 @@ def _train(config, workdir: str, phases) -> dict:
             frozen = peft.cast(frozen, config.peft.base_dtype)
             state = state_lib.create(params, tx, state_sh)
         del params
-        step_fn = jax.jit(make_train_step(model, task, tx, lr, t.grad_accum, config.seed,
-                                          t.skip_nonfinite),
-                          in_shardings=(state_sh, batcher.sharding, frozen_sh),
+        step_fn = jax.jit(make_train_step(model, task, tx, lr, t.grad_accum, t.skip_nonfinite),
+                          in_shardings=(state_sh, batcher.sharding, frozen_sh,
+                                        sharding.replicated(mesh)),
                           out_shardings=(state_sh, sharding.replicated(mesh)),
                           donate_argnums=(0,))
+        run_args = run_scalars(config.seed, lr)
+        run_args = sharding.put_sharded(run_args, {k: sharding.replicated(mesh) for k in run_args})
         eval_fn = jax.jit(make_eval_step(model, task))
         writer = logs.MetricWriter(workdir, config)
         preempt = _Preemption()
@@ -148,7 +150,7 @@ def _train(config, workdir: str, phases) -> dict:
         lengths = batcher.lengths_ahead(start, total, config.seed) if t.compile_ahead else []
         if len(lengths) > 1:  # one length: nothing to overlap, the first step compiles it
             template = batcher.assemble(batcher.train_indices(start, config.seed))
-            run_step = ahead.Executables(step_fn, state, frozen, template, lengths,
+            run_step = ahead.Executables(step_fn, (state, template, frozen, run_args), lengths,
                                          lambda: phases("compile"),
                                          lambda: sharding.use_mesh(mesh, rules))
             cleanup.callback(run_step.close)
@@ -196,7 +198,7 @@ def _train(config, workdir: str, phases) -> dict:
                     batcher.prefetch(start, total, config.seed), start):
                 batch = batcher.globalize(local)
                 meter.data_wait += waited
-                state, metrics = run_step(state, batch, frozen)
+                state, metrics = run_step(state, batch, frozen, run_args)
                 faults.at_step(step + 1)
                 faults.point("step")
                 if step == start:  # the first step compiles: time from its end

@@ -13,28 +13,48 @@ from __future__ import annotations
 import re
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import traverse_util
 
 from lmtransfer.errors import ConfigError
 
+DECAYS = ("linear", "cosine", "constant")
 
-def schedule(c, total_steps: int) -> optax.Schedule:
-    """`c` = config.optim: lr, warmup_steps or warmup_ratio, decay."""
-    warmup = int(c.warmup_steps) if c.warmup_steps else int(round(c.warmup_ratio * total_steps))
-    warmup = min(warmup, total_steps)
-    rest = max(total_steps - warmup, 1)
-    decays = {
-        "linear": optax.linear_schedule(c.lr, 0.0, rest),
-        "cosine": optax.cosine_decay_schedule(c.lr, rest),
-        "constant": optax.constant_schedule(c.lr),
-    }
-    if c.decay not in decays:
-        raise ConfigError(f"config.optim.decay={c.decay!r}; use one of {sorted(decays)}")
-    if warmup == 0:
-        return decays[c.decay]
-    return optax.join_schedules([optax.linear_schedule(0.0, c.lr, warmup), decays[c.decay]],
-                                [warmup])
+
+class Schedule:
+    """Linear warmup to `config.optim.lr`, then linear / cosine / constant decay, as a function
+    of (step, run scalars): the peak lr, warmup and total steps are arguments of the train step
+    (`scalars`), not constants compiled into it, so the runs of a sweep that differ only in
+    them (learning rates, seeds, dataset sizes) share one executable per shape. The formulas
+    are optax's `join_schedules` of `linear_schedule` and `*_decay_schedule`."""
+
+    def __init__(self, c, total_steps: int):
+        if c.decay not in DECAYS:
+            raise ConfigError(f"config.optim.decay={c.decay!r}; use one of {sorted(DECAYS)}")
+        warmup = int(c.warmup_steps) if c.warmup_steps else int(round(c.warmup_ratio *
+                                                                      total_steps))
+        self.decay = c.decay
+        self.scalars = {"lr": np.float32(c.lr), "warmup": np.int32(min(warmup, total_steps)),
+                        "total": np.int32(total_steps)}
+
+    def __call__(self, step, scalars):
+        lr, warmup = scalars["lr"], scalars["warmup"]
+        rest = jnp.maximum(scalars["total"] - warmup, 1).astype(jnp.float32)
+        t = jnp.clip(step - warmup, 0, rest)
+        if self.decay == "linear":
+            decayed = lr * (1 - t / rest)
+        elif self.decay == "cosine":
+            decayed = lr * (0.5 * (1 + jnp.cos(jnp.pi * t / rest)))
+        else:
+            decayed = lr * jnp.ones_like(t)
+        warm = -lr * (1 - jnp.clip(step, 0, warmup) / jnp.maximum(warmup, 1)) + lr
+        return jnp.where(step < warmup, warm, decayed)
+
+    def at(self, step: int) -> float:
+        """The learning rate at `step` of this run, on the host."""
+        return float(self(jnp.asarray(step, jnp.int32), self.scalars))
 
 
 def decay_mask(params):
@@ -116,13 +136,17 @@ def scale_by_layer(decay: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(init, update)
 
 
-def make(c, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    lr = schedule(c, total_steps)
+def make(c, total_steps: int) -> tuple[optax.GradientTransformation, Schedule]:
+    """(the update at learning rate 1, the schedule): the train step multiplies the update by
+    the schedule's learning rate (AdamW's update, decoupled weight decay included, is linear in
+    it, and so are layer-wise decay and freezing)."""
+    lr = Schedule(c, total_steps)
     parts = []
     if c.max_grad_norm:
         parts.append(optax.clip_by_global_norm(c.max_grad_norm))
-    parts.append(optax.adamw(lr, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay,
-                             mask=decay_mask))
+    # a constant schedule keeps the optimizer state's structure (and old checkpoints) as it was
+    parts.append(optax.adamw(optax.constant_schedule(1.0), b1=c.b1, b2=c.b2, eps=c.eps,
+                             weight_decay=c.weight_decay, mask=decay_mask))
     decay = c.get("layer_decay", 1.0)
     if not 0 < decay <= 1:
         raise ConfigError(f"config.optim.layer_decay={decay} must be in (0, 1]")

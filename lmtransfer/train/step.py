@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from lmtransfer import peft
@@ -30,11 +31,22 @@ def _split_microbatches(batch, k: int):
     return jax.tree.map(split, batch)
 
 
-def make_train_step(model, task, tx, lr_schedule, grad_accum: int, seed: int,
+def run_scalars(seed: int, lr_schedule) -> dict:
+    """The train step's `run` argument: the seed and the schedule's numbers. They are
+    arguments rather than constants so that runs differing only in them (a sweep's seeds and
+    learning rates) compile one executable per shape and share it through the persistent
+    compilation cache."""
+    return {"seed": np.uint32(seed), **lr_schedule.scalars}
+
+
+def make_train_step(model, task, tx, lr_schedule, grad_accum: int,
                     skip_nonfinite: bool = False):
-    """The jitted-to-be train step. `metrics["nonfinite"]` is 1 when the loss or the gradient
-    norm is NaN/Inf; with `skip_nonfinite` such an update is not applied (params and
-    optimizer state stay as they were; the step count still advances with the data)."""
+    """The jitted-to-be train step `(state, batch, frozen, run) -> (state, metrics)`. `tx`
+    gives the update at learning rate 1 (`optim.make`); the step scales it by
+    `lr_schedule(step, run)` (`run`: `run_scalars`). `metrics["nonfinite"]` is 1 when the
+    loss or the gradient norm is NaN/Inf; with `skip_nonfinite` such an update is not applied
+    (params and optimizer state stay as they were; the step count still advances with the
+    data)."""
     def loss_fn(params, batch, rng, frozen):
         full = peft.combine(params, frozen)
         loss_sum, weight = task.loss(_apply(model, full, batch, False, rng), batch)
@@ -42,13 +54,14 @@ def make_train_step(model, task, tx, lr_schedule, grad_accum: int, seed: int,
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def train_step(state: TrainState, batch, frozen=None):
+    def train_step(state: TrainState, batch, frozen, run):
         """`state.params` is what trains; `frozen` the rest of the model (a LoRA run's
         base: neither differentiated nor in the optimizer), None when everything trains."""
-        rng = jax.random.fold_in(jax.random.key(seed), state.step)
+        seed = jax.random.key(run["seed"])
+        rng = jax.random.fold_in(seed, state.step)
         # The task's batch transform (MLM masking) sees the whole batch, so masks don't
         # depend on grad_accum; dropout draws from an independent stream.
-        mask_rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 1), state.step)
+        mask_rng = jax.random.fold_in(jax.random.fold_in(seed, 1), state.step)
         batch = task.prepare(batch, mask_rng)
         if grad_accum == 1:
             (loss_sum, weight), grads = grad_fn(state.params, batch, rng, frozen)
@@ -64,6 +77,8 @@ def make_train_step(model, task, tx, lr_schedule, grad_accum: int, seed: int,
         denom = jnp.maximum(weight, 1e-6)  # weight 0 => loss and grads are 0 too
         grads = jax.tree.map(lambda g: g / denom, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        lr = lr_schedule(state.step, run)
+        updates = jax.tree.map(lambda u: lr.astype(u.dtype) * u, updates)
         params = optax.apply_updates(state.params, updates)
         loss, grad_norm = loss_sum / denom, optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -72,7 +87,7 @@ def make_train_step(model, task, tx, lr_schedule, grad_accum: int, seed: int,
             params = jax.tree.map(keep, params, state.params)
             opt_state = jax.tree.map(keep, opt_state, state.opt_state)
         metrics = {"loss": loss, "weight": weight, "grad_norm": grad_norm,
-                   "param_norm": optax.tree.norm(params), "lr": lr_schedule(state.step),
+                   "param_norm": optax.tree.norm(params), "lr": lr,
                    "nonfinite": (~finite).astype(jnp.float32)}
         return TrainState(state.step + 1, params, opt_state), metrics
 
