@@ -84,7 +84,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--length", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5)
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)
     model, params = bench.build(a.model, "classification")
     lowered, args = bench.lowered_step(model, params, "classification", a.batch, a.length)
     if a.what == "dots":
