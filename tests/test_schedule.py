@@ -48,7 +48,7 @@ def test_schedule_equals_optax(decay, warmup):
     np.testing.assert_array_equal(np.asarray(ours(steps, ours.scalars)), want)
     np.testing.assert_allclose(np.asarray(jax.jit(ours)(steps, ours.scalars)),
                                np.asarray(jax.jit(ref)(steps)), rtol=1e-5, atol=1e-10)
-    assert ours.at(3) == float(np.float32(ref(3)))
+    assert float(ours(jnp.int32(3), ours.scalars)) == float(np.float32(ref(3)))
 
 
 def test_bad_decay_names_the_key():

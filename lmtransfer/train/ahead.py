@@ -45,7 +45,7 @@ class Executables:
         compile thread enters them too)."""
         self.jitted, self.waiting = jitted, waiting
         self._pool = concurrent.futures.ThreadPoolExecutor(1, "lmtransfer-compile")
-        state, template, *rest = abstract(tuple(args))
+        state, template, *rest = abstract(args)
 
         def compile_for(n):
             with context():

@@ -52,10 +52,6 @@ class Schedule:
         warm = -lr * (1 - jnp.clip(step, 0, warmup) / jnp.maximum(warmup, 1)) + lr
         return jnp.where(step < warmup, warm, decayed)
 
-    def at(self, step: int) -> float:
-        """The learning rate at `step` of this run, on the host."""
-        return float(self(jnp.asarray(step, jnp.int32), self.scalars))
-
 
 def decay_mask(params):
     """True for weights that get weight decay: not biases, not LayerNorm scales."""

@@ -57,11 +57,11 @@ def make_train_step(model, task, tx, lr_schedule, grad_accum: int,
     def train_step(state: TrainState, batch, frozen, run):
         """`state.params` is what trains; `frozen` the rest of the model (a LoRA run's
         base: neither differentiated nor in the optimizer), None when everything trains."""
-        seed = jax.random.key(run["seed"])
-        rng = jax.random.fold_in(seed, state.step)
+        key = jax.random.key(run["seed"])
+        rng = jax.random.fold_in(key, state.step)
         # The task's batch transform (MLM masking) sees the whole batch, so masks don't
         # depend on grad_accum; dropout draws from an independent stream.
-        mask_rng = jax.random.fold_in(jax.random.fold_in(seed, 1), state.step)
+        mask_rng = jax.random.fold_in(jax.random.fold_in(key, 1), state.step)
         batch = task.prepare(batch, mask_rng)
         if grad_accum == 1:
             (loss_sum, weight), grads = grad_fn(state.params, batch, rng, frozen)
