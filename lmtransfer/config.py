@@ -95,7 +95,9 @@ def finetune_config() -> ml_collections.ConfigDict:
 def data_config(**task_fields) -> ml_collections.ConfigDict:
     """The data fields every task has, plus the task's own (`task_fields`)."""
     return ml_collections.ConfigDict(dict(
-        dir="", tfds_data_dir="", max_length=128, buckets=(),
+        # buckets=() plans the train buckets per run (train/ahead.py: one compile costs
+        # bucket_compile_tokens padded tokens; -1 = measured per platform, 0 = fixed buckets)
+        dir="", tfds_data_dir="", max_length=128, buckets=(), bucket_compile_tokens=-1,
         files=ml_collections.ConfigDict(dict(train="", dev="", test="")),
         max_examples=ml_collections.ConfigDict(dict(train=0, dev=0)), **task_fields))
 

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lmtransfer.data import shuffle
+from lmtransfer.data import bucket_plan, shuffle
 from lmtransfer.errors import ConfigError
 
 BATCH_AXES = ("data", "fsdp")
@@ -155,21 +155,24 @@ class Batcher(_Batches):
         idx = order[pos["batch"] * self.batch_size:(pos["batch"] + 1) * self.batch_size]
         return np.pad(idx, (0, self.batch_size - len(idx)), constant_values=-1)
 
-    def lengths_ahead(self, start: int, stop: int, seed: int, max_epochs: int = 10) -> list[int]:
-        """The length buckets of train steps [start, stop) in the order steps first use them
-        (what host_batch will cut them to), read from at most `max_epochs` epochs."""
-        spe, seen = self.steps_per_epoch, {}
-        buckets = np.asarray(self.buckets)
+    def step_longest(self, start: int, stop: int, seed: int, max_epochs: int = 10) -> np.ndarray:
+        """The longest row (real tokens) of each train step [start, stop), read from at most
+        `max_epochs` epochs (later epochs are permutations of the same rows)."""
+        spe, out = self.steps_per_epoch, []
         for epoch in range(start // spe, min((stop - 1) // spe + 1, start // spe + max_epochs)):
             order = np.random.default_rng([seed, epoch]).permutation(self.n)
             rows = np.zeros(spe * self.batch_size, np.int64)
             rows[:self.n] = self.features["length"][order]
             longest = rows.reshape(spe, self.batch_size).max(1)
-            picked = buckets[np.minimum(np.searchsorted(buckets, longest), len(buckets) - 1)]
-            first, last = max(start - epoch * spe, 0), min(stop - epoch * spe, spe)
-            for b in picked[first:last]:
-                seen.setdefault(int(b), None)
-        return list(seen)
+            out.append(longest[max(start - epoch * spe, 0):min(stop - epoch * spe, spe)])
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+    def lengths_ahead(self, start: int, stop: int, seed: int, max_epochs: int = 10) -> list[int]:
+        """The length buckets of train steps [start, stop) in the order steps first use them
+        (what host_batch will cut them to), read from at most `max_epochs` epochs."""
+        picked = bucket_plan.padded(self.step_longest(start, stop, seed, max_epochs),
+                                    self.buckets)
+        return list(dict.fromkeys(int(b) for b in picked))
 
     def eval_batches(self) -> Iterator[tuple[dict[str, jax.Array], np.ndarray]]:
         order = np.argsort(self.features["length"], kind="stable")

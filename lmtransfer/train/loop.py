@@ -118,6 +118,8 @@ def _train(config, workdir: str, phases) -> dict:
         ckpt = checkpoints.TrainCheckpointer(workdir, t.keep_checkpoints)
         model, params, base = _model_for(config, task, tokenizer, mesh, rules, ckpt)
         init.check_fits(config, model, tokenizer)
+        if isinstance(batcher, batching.Batcher):  # a token store's rows are all max_length
+            batcher.buckets = ahead.plan_buckets(config, batcher, total, model, task)
         state_sh = state_lib.shardings(model, tx, mesh, rules)
         frozen_sh = state_lib.param_shardings(model, mesh, rules)[1]
         meta_model = checkpoints.model_meta(model, task.id2label, base)
@@ -155,8 +157,9 @@ def _train(config, workdir: str, phases) -> dict:
                                          lambda: sharding.use_mesh(mesh, rules))
             cleanup.callback(run_step.close)
         log.info("training %s: %d examples, %d steps (%d per epoch), global batch %d, "
-                 "mesh %s", config.data.get("glue_task") or task.head, len(train_split), total,
-                 batcher.steps_per_epoch, t.batch_size, dict(mesh.shape))
+                 "mesh %s, length buckets %s", config.data.get("glue_task") or task.head,
+                 len(train_split), total, batcher.steps_per_epoch, t.batch_size,
+                 dict(mesh.shape), getattr(batcher, "buckets", None))
 
         def run_eval(step, out_dir=None):
             nonlocal best
@@ -239,6 +242,7 @@ def _train(config, workdir: str, phases) -> dict:
                            "train_seconds": train_seconds, "train_tokens_per_s": tokens_per_s,
                            "train_tflops_per_device": meter.rates()["tflops_per_device"],
                            "skipped_updates": guard.skipped,
+                           "train_buckets": list(getattr(batcher, "buckets", ())),
                            "runtime": xla_flags.runtime(),  # backend, XLA flags in effect
                            # what picks the best checkpoint (and a sweep's grid point)
                            "selection": {"split": eval_splits[0].name,
