@@ -10,7 +10,8 @@ the top level runs in XLA's own dot thunk (Eigen); FLOPs are counted from the sh
 compiles the same lowered step once per variant (`compile(compiler_options=...)`, the keys
 are XLA debug options, repeated enums by their proto names such as
 LIBRARY_FUSION_TYPE_DOT) and times the variants interleaved, so they share the machine's
-state; each prints its first loss so that a variant that miscomputes shows.
+state; each prints its compile seconds, and its first loss so that a variant that miscomputes
+shows.
 """
 
 import argparse
@@ -95,8 +96,11 @@ def main(argv=None):
                   f"{100 * r['share']:.1f}% | {', '.join(r['parts'])} |")
         return rows
     variants = dict(v.split("=", 1) for v in a.variants or ["default={}"])
-    exes = {name: lowered.compile(compiler_options=json.loads(opts))
-            for name, opts in variants.items()}
+    exes = {}
+    for name, opts in variants.items():
+        start = time.perf_counter()
+        exes[name] = lowered.compile(compiler_options=json.loads(opts))
+        print(f"{name}: compiled in {time.perf_counter() - start:.1f} s")
     state, batch, *rest = args
     states = {name: jax.tree.map(lambda x: x.copy(), state) for name in exes}
     times = {name: [] for name in exes}

@@ -167,3 +167,30 @@ def test_step_xla_counts_every_dot_by_operand_layout():
     want = 2 * (64 * 32 * 48 + 32 * 64 * 16 + 4 * 8 * 8 * 16) / 1e9
     assert sum(r["gflop"] for r in rows) == pytest.approx(want, rel=1e-9)
     assert sum(r["share"] for r in rows) == pytest.approx(1)
+
+
+def test_padding_script_prints_each_run_fixed_and_planned(tmp_path, capsys):
+    """benchmarks/padding.py on a tiny table: one row per run and seed, with both bucket sets
+    and their padding against each batch's longest row."""
+    import os
+    import re
+
+    from benchmarks import padding
+    from tests.glue_data import make_glue
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = make_glue(str(tmp_path / "glue"), n_train=64)
+    table = tmp_path / "t.py"
+    table.write_text(f'''
+def get_table(arg=None):
+    return dict(name="tiny", seeds=[0, 1], tasks=[dict(
+        name="MRPC", config="{repo}/configs/glue.py:task=mrpc,model=tiny",
+        overrides={{"data.dir": "{root}", "data.max_length": 64}}, grid={{"optim.lr": [1e-3]}})])
+''')
+    padding.main(["--table", str(table)])
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| MRPC")]
+    assert [r.split("|")[1].strip() for r in rows] == ["MRPC seed 0", "MRPC seed 1"]
+    for r in rows:
+        fixed, planned = re.findall(r"\+(\d+\.\d)%", r)
+        assert float(fixed) >= 0 and float(planned) >= 0
+        assert r.split("|")[3].split("/")[0].strip().startswith("[")
