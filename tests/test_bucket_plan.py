@@ -67,8 +67,8 @@ def plan_for(config, batcher, total=120):
 def test_run_policy_follows_the_config():
     config, batcher = policy_setup()
     planned = plan_for(config, batcher)  # CPU: the measured compile cost
-    longest = batcher.step_longest(0, 120, 3)
-    assert planned[-1] >= longest.max() and planned != batching.default_buckets(128)
+    longest = batcher.step_longest(0, 120, ahead.PLAN_SEED)
+    assert planned[-1] >= batcher.step_longest(0, 120, config.seed).max()
     fixed = batching.default_buckets(128)
     cost = lambda bk: (bucket_plan.padded(longest, bk).sum() * 8  # noqa: E731
                        + ahead.CPU_COMPILE_TOKENS * len(set(bucket_plan.padded(longest, bk))))
@@ -80,9 +80,26 @@ def test_run_policy_follows_the_config():
     assert plan_for(config, batcher) == (bucket_plan.candidates(longest, 128).max(),)
     config.data.buckets = (64, 32, 128)
     assert plan_for(config, batcher) == (32, 64, 128)
+    config.data.buckets = (32, 64)  # rows of 65-128 tokens would be cut
+    with pytest.raises(ConfigError, match=r"buckets=\(32, 64\).*max_length=128"):
+        plan_for(config, batcher)
     config.data.buckets, config.data.bucket_compile_tokens = (), -2
     with pytest.raises(ConfigError, match="bucket_compile_tokens=-2"):
         plan_for(config, batcher)
+
+
+def test_every_seed_plans_the_same_buckets_and_covers_its_own_batches():
+    """A sweep's seeds share their compiled steps: the plan reads one fixed batch order. A run
+    shorter than an epoch still gets a bucket for its own longest batch."""
+    config, batcher = policy_setup()
+    plans = set()
+    for seed in range(5):
+        config.seed = seed
+        plans.add(plan_for(config, batcher))
+        for total in (1, 2, 5):
+            short = plan_for(config, batcher, total=total)
+            assert short[-1] >= batcher.step_longest(0, total, seed).max()
+    assert len(plans) == 1
 
 
 def test_steps_beyond_ten_epochs_scale_the_counts():

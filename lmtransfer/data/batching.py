@@ -62,6 +62,19 @@ def default_buckets(max_length: int) -> tuple[int, ...]:
     return tuple(b for b in steps if b < max_length) + (max_length,)
 
 
+def fixed_buckets(data) -> tuple[int, ...]:
+    """`data.buckets` (sorted), or the default multiples of 16. A set that stops short of
+    data.max_length would cut longer rows, so it is refused."""
+    if not tuple(data.buckets):
+        return default_buckets(data.max_length)
+    buckets = tuple(sorted(data.buckets))
+    if buckets[0] < 1 or buckets[-1] < data.max_length:
+        raise ConfigError(f"config.data.buckets={buckets}: lengths must be >= 1 and the largest "
+                          f">= config.data.max_length={data.max_length}, or rows longer than "
+                          "it would be cut; add max_length (or leave buckets=() to plan them)")
+    return buckets
+
+
 def bucket(length: int, buckets: tuple[int, ...]) -> int:
     for b in buckets:
         if length <= b:

@@ -21,29 +21,35 @@ from lmtransfer.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-# What one more compiled bucket costs on CPU, in padded tokens at max_length: compile seconds x
-# the step's marginal tokens/s (MiniLM b32 on 2 cores: ~6 s x ~1,700 tokens/s,
-# `python -m lmtransfer.bench --lengths 16,24,32,48,64 --batch 32`; docs/performance.md). No
+# What one more compiled bucket costs on CPU, in padded tokens at max_length: compile seconds /
+# a padded token's marginal step seconds (MiniLM b32 on 2 cores: 6.5 s / 0.65-0.82 ms,
+# `python -m lmtransfer.bench --batch 32 --lengths 16,...,128`; docs/performance.md). No
 # accelerator has been measured: there the default stays the fixed buckets.
 CPU_COMPILE_TOKENS = 10_000
 
 
+PLAN_SEED = 0  # the batch order plans are read from, whatever the run's seed (see below)
+
+
 def plan_buckets(config, batcher, total: int, model, task) -> tuple[int, ...]:
     """The train length buckets of a run: `config.data.buckets` if set; else planned from the
-    run's own batch lengths (bucket_plan) with one compile costing
+    run's batch lengths (bucket_plan) with one compile costing
     `config.data.bucket_compile_tokens` padded tokens (-1: the platform's measured value, on
-    CPU CPU_COMPILE_TOKENS; 0 or no measured value: the fixed default buckets)."""
+    CPU CPU_COMPILE_TOKENS; 0 or no measured value: the fixed default buckets).
+
+    The plan reads the batches of one fixed order (PLAN_SEED's) rather than the run's: every
+    seed meets the same distribution of batch lengths, so the seeds of a sweep plan the same
+    buckets and share their compiled steps through the persistent cache. The largest bucket
+    still covers the run's own longest batch."""
     d = config.data
-    if tuple(d.buckets):
-        return tuple(sorted(d.buckets))
-    fixed = batching.default_buckets(d.max_length)
+    fixed = batching.fixed_buckets(d)
     tokens = d.get("bucket_compile_tokens", -1)
     if tokens < -1:
         raise ConfigError(f"config.data.bucket_compile_tokens={tokens}: use -1 (the platform's "
                           "measured value), 0 (fixed buckets) or a number of tokens")
     if tokens == -1:
         tokens = CPU_COMPILE_TOKENS if jax.default_backend() == "cpu" else 0
-    if tokens == 0:
+    if tuple(d.buckets) or tokens == 0:
         return fixed
     top = perf.train_flops_per_token(model, d.max_length, task.decoded_per_row(d.max_length))
 
@@ -51,8 +57,11 @@ def plan_buckets(config, batcher, total: int, model, task) -> tuple[int, ...]:
         per_token = perf.train_flops_per_token(model, length, task.decoded_per_row(length))
         return batcher.batch_size * length * per_token / top
 
-    longest = batcher.step_longest(0, total, config.seed)  # at most 10 epochs: scale to all
-    return bucket_plan.plan(longest, d.max_length, step_cost, tokens * len(longest) / total)
+    longest = batcher.step_longest(0, total, PLAN_SEED)  # at most 10 epochs: scale to all
+    planned = bucket_plan.plan(longest, d.max_length, step_cost, tokens * len(longest) / total)
+    own = int(bucket_plan.candidates(batcher.step_longest(0, total, config.seed),
+                                     d.max_length).max())
+    return planned if own <= planned[-1] else (*planned, own)
 
 
 def abstract(tree):

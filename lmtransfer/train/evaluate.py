@@ -107,4 +107,5 @@ def predict_mode(config, workdir):
 
 
 def buckets(config):
-    return tuple(config.data.buckets) or batching.default_buckets(config.data.max_length)
+    """Eval's length buckets (and a train run's before it plans its own: ahead.plan_buckets)."""
+    return batching.fixed_buckets(config.data)
