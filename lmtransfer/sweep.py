@@ -275,10 +275,9 @@ def main(argv=None) -> dict:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     logging.getLogger("lmtransfer").setLevel(logging.INFO)  # ours, not orbax's chatter
-    if a.compilation_cache and not a.print:
-        import jax
-        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(a.compilation_cache))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    if not a.print:
+        from lmtransfer.main import use_compilation_cache
+        use_compilation_cache(a.compilation_cache)
     table = load_table(a.table)
     out = paths.resolve(a.out)
     only = tuple(filter(None, a.only.split(",")))
