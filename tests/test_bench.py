@@ -194,3 +194,18 @@ def get_table(arg=None):
         fixed, planned = re.findall(r"\+(\d+\.\d)%", r)
         assert float(fixed) >= 0 and float(planned) >= 0
         assert r.split("|")[3].split("/")[0].strip().startswith("[")
+
+
+def test_step_xla_profile_times_each_op_with_its_dots():
+    """benchmarks/step_xla.py's op profile: a traced program's ops come back with their time
+    and the FLOPs of the dots they hold, the dots' FLOPs summing to the program's."""
+    from benchmarks.step_xla import op_profile
+
+    f = jax.jit(lambda x, w: jnp.tanh(x @ w) @ w.T)
+    x, w = jnp.ones((256, 128)), jnp.ones((128, 192))
+    rows = op_profile(f.lower(x, w).compile().as_text(),
+                      lambda: jax.block_until_ready(f(x, w)), steps=2)
+    assert rows and all(r["ms"] >= 0 and r["ops"] >= 1 for r in rows)
+    want = 2 * 2 * 256 * 128 * 192 / 1e9
+    assert sum(r["gflop"] for r in rows) == pytest.approx(want, rel=1e-9)
+    assert all(r["gflops"] > 0 for r in rows if r["gflop"])
