@@ -44,7 +44,8 @@ def _part(op_name: str) -> str:
 
 def _parse(hlo: str):
     """(instructions of each computation, {(computation, instruction): shape},
-    {fusion computation: library}, {instruction: (its computation, its line)})."""
+    {fusion computation: library}, {instruction: (its computation, its line, the computation
+    it calls if it is a fusion)})."""
     body, name = collections.defaultdict(list), None
     for line in hlo.splitlines():
         m = _COMPUTATION.match(line)
@@ -55,11 +56,12 @@ def _parse(hlo: str):
     library, shapes, insts = {}, {}, {}
     for comp, lines in body.items():
         for line in lines:
-            if m := re.search(r"fusion\(.*calls=%?([\w.\-]+)", line):
-                library[m.group(1)] = "YNNPACK" if "__ynn_fusion" in line else "XLA loop"
+            called = re.search(r"fusion\(.*calls=%?([\w.\-]+)", line)
+            if called:
+                library[called.group(1)] = "YNNPACK" if "__ynn_fusion" in line else "XLA loop"
             if m := _SHAPED.match(line):
                 shapes[comp, m.group(1)] = _dims(m.group(2))
-                insts[m.group(1)] = comp, line
+                insts[m.group(1)] = comp, line, called and called.group(1)
     return body, shapes, library, insts
 
 
@@ -101,9 +103,9 @@ def dot_table(hlo: str) -> list[dict]:
 def op_profile(hlo: str, step, steps: int = 3) -> list[dict]:
     """Op time per step from a `jax.profiler` trace of `steps` calls of `step` (runs the
     program compiled to `hlo` once and waits for it), one row per (op kind, model part): ms,
-    GFLOP of the dots inside, GFLOP/s. XLA:CPU runs
-    independent ops concurrently on its threads, so an op's time includes what it shared a
-    core with: read rates as a ranking, and confirm a change by timing the step (`ab`)."""
+    GFLOP of the dots inside, GFLOP/s. XLA:CPU runs independent ops concurrently on its
+    threads, so an op's time includes what it shared a core with: read rates as a ranking,
+    and confirm a change by timing the step (`ab`)."""
     import glob
     import tempfile
     step()  # warm-up
@@ -114,6 +116,11 @@ def op_profile(hlo: str, step, steps: int = 3) -> list[dict]:
         xspace = glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)[0]
         planes = jax.profiler.ProfileData.from_file(xspace).planes
     body, shapes, _, insts = _parse(hlo)
+
+    def gflop(comp, line, called):  # a fusion's dots, or the op's own if it is a dot
+        lines = [(called, x) for x in body[called]] if called else [(comp, line)]
+        return sum(_dot(c, x, shapes)[0] for c, x in lines if " dot(" in x)
+    flops = {name: gflop(*inst) for name, inst in insts.items()}
     rows = collections.defaultdict(lambda: {"ms": 0.0, "gflop": 0.0, "ops": 0})
     for plane in planes:
         for line in plane.lines:
@@ -122,15 +129,9 @@ def op_profile(hlo: str, step, steps: int = 3) -> list[dict]:
             for ev in line.events:
                 if ev.name not in insts:  # the executor's own events
                     continue
-                comp, inst = insts[ev.name]
-                if called := re.search(r"fusion\(.*calls=%?([\w.\-]+)", inst):
-                    gflop = sum(_dot(called.group(1), x, shapes)[0]
-                                for x in body[called.group(1)] if " dot(" in x)
-                else:
-                    gflop = _dot(comp, inst, shapes)[0] if " dot(" in inst else 0.0
-                row = rows[re.sub(r"\.\d+$", "", ev.name), _origin(inst)]
+                row = rows[re.sub(r"\.\d+$", "", ev.name), _origin(insts[ev.name][1])]
                 row["ms"] += ev.duration_ns / 1e6 / steps
-                row["gflop"] += gflop / steps
+                row["gflop"] += flops[ev.name] / steps
                 row["ops"] += 1
     return [dict(op=k[0], part=k[1], ms=r["ms"], gflop=float(r["gflop"]), ops=r["ops"] // steps,
                  gflops=float(r["gflop"] / r["ms"] * 1e3) if r["gflop"] else 0.0)
